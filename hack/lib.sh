@@ -1,0 +1,27 @@
+# Shared helpers for the hack/ scripts. Source it; do not run it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SLUICE_CACHE=${SLUICE_CACHE:-$HOME/.cache/sluice}
+mkdir -p "$SLUICE_CACHE"
+
+log() { printf '\033[1m[%s] %s\033[0m\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs Debian packages that are missing; apt-get update runs once per day at most.
+apt_ensure() {
+  local missing=()
+  for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  local stamp="$SLUICE_CACHE/apt-updated"
+  if [ ! -f "$stamp" ] || [ -n "$(find "$stamp" -mmin +1440)" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && touch "$stamp"
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+rust_ensure() {
+  command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, lints, generated files, unit and integration tests.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+declare -a TIMINGS=()
+step() {
+  local name=$1; shift
+  local t0=$SECONDS
+  log "== $name"
+  "$@"
+  TIMINGS+=("$(printf '%-28s %5ds' "$name" $((SECONDS - t0)))")
+}
+
+step "install dependencies" rust_ensure
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+step "generated CRDs up to date" ./hack/check-crds.sh
+step "cargo test" cargo test --workspace --locked
+
+log "== timing summary"
+printf '  %s\n' "${TIMINGS[@]}"

@@ -1,0 +1,4 @@
+//! sluice: progressive delivery for Kubernetes.
+#![forbid(unsafe_code)]
+
+pub mod api;
