@@ -450,6 +450,10 @@ pub struct CanaryStatus {
     pub last_promoted_spec: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<Time>,
+    /// When the release loop last took a step (advance, check or wait); steps are
+    /// `analysis.interval` apart however often the Canary is reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_step_time: Option<Time>,
     /// Replicas the target had before sluice scaled it down, restored on revertOnDeletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_replicas: Option<i32>,

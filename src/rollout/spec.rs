@@ -1,0 +1,438 @@
+//! The release settings of a Canary, validated once so the decision never meets a bad value.
+
+use std::time::Duration;
+
+use crate::api::{
+    CanaryMetric, CanarySpec, ThresholdRange, DEFAULT_INTERVAL, DEFAULT_PROGRESS_DEADLINE_SECONDS,
+};
+
+/// A spec the controller cannot act on: the field at fault and what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct SpecError {
+    pub field: String,
+    pub problem: String,
+}
+
+impl SpecError {
+    fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        SpecError {
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// How traffic moves from the primary to the canary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Steps {
+    /// `stepWeight` added until `maxWeight`.
+    Linear { step: i32, max: i32 },
+    /// Explicit ascending weights; the last one is the maximum.
+    Explicit(Vec<i32>),
+}
+
+impl Steps {
+    /// The weight after `current`, or None when the maximum is reached.
+    pub fn next(&self, current: i32) -> Option<i32> {
+        match self {
+            Steps::Linear { step, max } => (current < *max).then(|| (current + step).min(*max)),
+            Steps::Explicit(weights) => weights.iter().copied().find(|w| *w > current),
+        }
+    }
+
+    pub fn max(&self) -> i32 {
+        match self {
+            Steps::Linear { max, .. } => *max,
+            Steps::Explicit(weights) => weights.last().copied().unwrap_or(0),
+        }
+    }
+}
+
+/// A metric check with its accepted range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricCheck {
+    pub name: String,
+    /// Query window.
+    pub interval: Duration,
+    pub range: ThresholdRange,
+    pub source: MetricSource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricSource {
+    Builtin(BuiltinMetric),
+    Template {
+        name: String,
+        namespace: Option<String>,
+    },
+    /// Flagger's deprecated inline query.
+    Query(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BuiltinMetric {
+    /// Percent of requests not answered with a 5xx.
+    RequestSuccessRate,
+    /// 99th percentile of request duration in milliseconds.
+    RequestDuration,
+}
+
+impl BuiltinMetric {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "request-success-rate" => Some(BuiltinMetric::RequestSuccessRate),
+            "request-duration" => Some(BuiltinMetric::RequestDuration),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BuiltinMetric::RequestSuccessRate => "request-success-rate",
+            BuiltinMetric::RequestDuration => "request-duration",
+        }
+    }
+}
+
+/// The validated settings the decision works with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseSpec {
+    pub interval: Duration,
+    pub threshold: i32,
+    pub steps: Steps,
+    pub progress_deadline: Duration,
+    pub primary_ready_percent: i32,
+    pub canary_ready_percent: i32,
+    pub skip_analysis: bool,
+    pub suspended: bool,
+    pub metrics: Vec<MetricCheck>,
+}
+
+impl ReleaseSpec {
+    pub fn from_spec(spec: &CanarySpec) -> Result<Self, SpecError> {
+        if spec.target_ref.kind != "Deployment" {
+            return Err(SpecError::new(
+                "spec.targetRef.kind",
+                format!(
+                    "kind {:?} is not supported: write Deployment",
+                    spec.target_ref.kind
+                ),
+            ));
+        }
+        let analysis = &spec.analysis;
+        let interval = parse_duration(analysis.interval.as_deref().unwrap_or(DEFAULT_INTERVAL))
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                SpecError::new(
+                    "spec.analysis.interval",
+                    "write a positive duration in seconds or minutes, e.g. 30s or 1m",
+                )
+            })?;
+        if analysis.iterations.is_some() {
+            return Err(SpecError::new(
+                "spec.analysis.iterations",
+                "A/B testing and Blue/Green (iterations) are not supported by this sluice version: remove iterations and use stepWeight",
+            ));
+        }
+        let steps = steps_from(spec)?;
+        let deadline = spec
+            .progress_deadline_seconds
+            .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS);
+        if deadline < 1 {
+            return Err(SpecError::new(
+                "spec.progressDeadlineSeconds",
+                "write a number of seconds of at least 1",
+            ));
+        }
+        let metrics = analysis
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| metric_check(i, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ReleaseSpec {
+            interval,
+            threshold: analysis.threshold.unwrap_or(1).max(1),
+            steps,
+            progress_deadline: Duration::from_secs(deadline as u64),
+            primary_ready_percent: percent(
+                "primaryReadyThreshold",
+                analysis.primary_ready_threshold,
+            )?,
+            canary_ready_percent: percent("canaryReadyThreshold", analysis.canary_ready_threshold)?,
+            skip_analysis: spec.skip_analysis.unwrap_or(false),
+            suspended: spec.suspend.unwrap_or(false),
+            metrics,
+        })
+    }
+}
+
+fn percent(field: &str, value: Option<i32>) -> Result<i32, SpecError> {
+    match value {
+        None => Ok(100),
+        Some(v) if (0..=100).contains(&v) => Ok(v),
+        Some(v) => Err(SpecError::new(
+            format!("spec.analysis.{field}"),
+            format!("{v} is not a percentage: write 0 to 100"),
+        )),
+    }
+}
+
+fn steps_from(spec: &CanarySpec) -> Result<Steps, SpecError> {
+    let analysis = &spec.analysis;
+    if !analysis.step_weights.is_empty() {
+        let weights = &analysis.step_weights;
+        if weights.iter().any(|w| !(1..=100).contains(w)) {
+            return Err(SpecError::new(
+                "spec.analysis.stepWeights",
+                "every weight must be between 1 and 100",
+            ));
+        }
+        if weights.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(SpecError::new(
+                "spec.analysis.stepWeights",
+                format!("weights must ascend, e.g. [1, 10, 50]; got {weights:?}"),
+            ));
+        }
+        return Ok(Steps::Explicit(weights.clone()));
+    }
+    let max = analysis.max_weight.unwrap_or(100);
+    if !(1..=100).contains(&max) {
+        return Err(SpecError::new(
+            "spec.analysis.maxWeight",
+            "write a weight between 1 and 100",
+        ));
+    }
+    match analysis.step_weight {
+        Some(step) if step >= 1 && step <= max => Ok(Steps::Linear { step, max }),
+        Some(step) => Err(SpecError::new(
+            "spec.analysis.stepWeight",
+            format!("{step} must be between 1 and maxWeight ({max})"),
+        )),
+        None => Err(SpecError::new(
+            "spec.analysis.stepWeight",
+            "write stepWeight (e.g. 10) or stepWeights (e.g. [5, 10, 50])",
+        )),
+    }
+}
+
+fn metric_check(index: usize, metric: &CanaryMetric) -> Result<MetricCheck, SpecError> {
+    let field = format!("spec.analysis.metrics[{index}]");
+    let interval = match metric.interval.as_deref() {
+        None => Duration::from_secs(60),
+        Some(text) => parse_duration(text)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                SpecError::new(
+                    format!("{field}.interval"),
+                    "write a duration such as 30s or 1m",
+                )
+            })?,
+    };
+    let source = if let Some(template) = &metric.template_ref {
+        MetricSource::Template {
+            name: template.name.clone(),
+            namespace: template.namespace.clone(),
+        }
+    } else if let Some(query) = &metric.query {
+        MetricSource::Query(query.clone())
+    } else if let Some(builtin) = BuiltinMetric::from_name(&metric.name) {
+        MetricSource::Builtin(builtin)
+    } else {
+        return Err(SpecError::new(
+            format!("{field}.name"),
+            format!(
+                "{:?} is not a built-in metric: use request-success-rate or request-duration, or set templateRef",
+                metric.name
+            ),
+        ));
+    };
+    // Flagger's deprecated `threshold` is a minimum for the success rate and a maximum otherwise.
+    let range = match (metric.threshold_range, metric.threshold) {
+        (Some(range), _) => range,
+        (None, Some(t)) if source == MetricSource::Builtin(BuiltinMetric::RequestSuccessRate) => {
+            ThresholdRange {
+                min: Some(t),
+                max: None,
+            }
+        }
+        (None, Some(t)) => ThresholdRange {
+            min: None,
+            max: Some(t),
+        },
+        (None, None) => {
+            return Err(SpecError::new(
+                format!("{field}.thresholdRange"),
+                "write thresholdRange with min and/or max, e.g. {min: 99}",
+            ))
+        }
+    };
+    if range.min.is_none() && range.max.is_none() {
+        return Err(SpecError::new(
+            format!("{field}.thresholdRange"),
+            "set min and/or max",
+        ));
+    }
+    if let (Some(min), Some(max)) = (range.min, range.max) {
+        if min > max {
+            return Err(SpecError::new(
+                format!("{field}.thresholdRange"),
+                format!("min ({min}) is above max ({max})"),
+            ));
+        }
+    }
+    Ok(MetricCheck {
+        name: metric.name.clone(),
+        interval,
+        range,
+        source,
+    })
+}
+
+/// Parses Go-style durations as Flagger accepts them: `500ms`, `30s`, `1m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        if digits == 0 {
+            return None;
+        }
+        let value: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ms" => value / 1000.0,
+            "s" => value,
+            "m" => value * 60.0,
+            "h" => value * 3600.0,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(seconds).ok()?;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("45s", Some(45_000)),
+            ("1m", Some(60_000)),
+            ("1h30m", Some(5_400_000)),
+            ("500ms", Some(500)),
+            ("1.5s", Some(1_500)),
+            ("", None),
+            ("s", None),
+            ("10", None),
+            ("10x", None),
+            ("-1s", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(
+                parse_duration(text).map(|d| d.as_millis() as u64),
+                want,
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn step_math() {
+        let linear = Steps::Linear { step: 10, max: 50 };
+        let explicit = Steps::Explicit(vec![1, 10, 60]);
+        let odd = Steps::Linear { step: 30, max: 50 };
+        let cases: [(&Steps, i32, Option<i32>); 9] = [
+            (&linear, 0, Some(10)),
+            (&linear, 40, Some(50)),
+            (&linear, 50, None),
+            (&odd, 30, Some(50)),
+            (&odd, 50, None),
+            (&explicit, 0, Some(1)),
+            (&explicit, 1, Some(10)),
+            (&explicit, 10, Some(60)),
+            (&explicit, 60, None),
+        ];
+        for (steps, current, want) in cases {
+            assert_eq!(steps.next(current), want, "{steps:?} after {current}");
+        }
+        assert_eq!(explicit.max(), 60);
+        assert_eq!(linear.max(), 50);
+    }
+
+    fn spec(yaml: &str) -> CanarySpec {
+        serde_yaml::from_str(yaml).expect("test spec parses")
+    }
+
+    const BASE: &str = "targetRef: {kind: Deployment, name: catalog}\nservice: {port: 80}\n";
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        let cases = [
+            ("analysis: {interval: 10s}", "spec.analysis.stepWeight"),
+            ("analysis: {stepWeight: 60, maxWeight: 50}", "spec.analysis.stepWeight"),
+            ("analysis: {stepWeights: [10, 5]}", "spec.analysis.stepWeights"),
+            ("analysis: {stepWeight: 10, interval: 0s}", "spec.analysis.interval"),
+            ("analysis: {stepWeight: 10, iterations: 10}", "spec.analysis.iterations"),
+            (
+                "analysis: {stepWeight: 10, metrics: [{name: cpu, thresholdRange: {max: 1}}]}",
+                "spec.analysis.metrics[0].name",
+            ),
+            (
+                "analysis: {stepWeight: 10, metrics: [{name: request-duration}]}",
+                "spec.analysis.metrics[0].thresholdRange",
+            ),
+            (
+                "analysis: {stepWeight: 10, metrics: [{name: request-duration, thresholdRange: {min: 5, max: 1}}]}",
+                "spec.analysis.metrics[0].thresholdRange",
+            ),
+        ];
+        for (analysis, field) in cases {
+            let err =
+                ReleaseSpec::from_spec(&spec(&format!("{BASE}{analysis}"))).expect_err(analysis);
+            assert_eq!(err.field, field, "{analysis}: {err}");
+        }
+        let mut wrong_kind = spec(&format!("{BASE}analysis: {{stepWeight: 10}}"));
+        wrong_kind.target_ref.kind = "DaemonSet".into();
+        assert_eq!(
+            ReleaseSpec::from_spec(&wrong_kind).unwrap_err().field,
+            "spec.targetRef.kind"
+        );
+    }
+
+    #[test]
+    fn scenario_b_spec() {
+        let s = ReleaseSpec::from_spec(&spec(&format!(
+            "{BASE}analysis:
+  interval: 45s
+  threshold: 5
+  maxWeight: 50
+  stepWeight: 10
+  metrics:
+  - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 1m}}
+  - {{name: request-duration, threshold: 500, interval: 30s}}
+"
+        )))
+        .unwrap();
+        assert_eq!(s.interval, Duration::from_secs(45));
+        assert_eq!(s.threshold, 5);
+        assert_eq!(s.steps, Steps::Linear { step: 10, max: 50 });
+        assert_eq!(s.progress_deadline, Duration::from_secs(600));
+        assert_eq!(
+            s.metrics[0].source,
+            MetricSource::Builtin(BuiltinMetric::RequestSuccessRate)
+        );
+        assert_eq!(s.metrics[1].range.max, Some(500.0));
+        assert_eq!(s.metrics[1].interval, Duration::from_secs(30));
+    }
+}
