@@ -2,4 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod controller;
 pub mod rollout;
+pub mod router;

@@ -1,0 +1,2 @@
+//! The controller: observe the cluster, decide with [`crate::rollout`], apply the plan.
+pub mod workloads;

@@ -1,0 +1,299 @@
+//! Istio: DestinationRules `<svc>-primary` / `<svc>-canary` and a VirtualService `<svc>`
+//! carrying the weights, written as Flagger writes them.
+
+use std::collections::BTreeMap;
+
+use kube::api::DynamicObject;
+use kube::ResourceExt;
+
+use super::{to_dynamic, Error, TrafficRouter};
+use crate::api::istio::{
+    Destination, DestinationRule, DestinationRuleSpec, HttpMatchRequest, HttpRoute,
+    HttpRouteDestination, PortSelector, VirtualService, VirtualServiceSpec,
+};
+use crate::api::{Canary, RouterKind};
+use crate::controller::workloads::{owned_meta, AppLabel};
+use crate::rollout::Weights;
+
+pub struct IstioRouter;
+
+impl TrafficRouter for IstioRouter {
+    fn kind(&self) -> RouterKind {
+        RouterKind::Istio
+    }
+
+    fn apex_selector(&self, _canary: &Canary, app: &AppLabel) -> BTreeMap<String, String> {
+        app.primary_selector()
+    }
+
+    fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
+        destination_rules(canary)
+            .iter()
+            .map(|dr| to_dynamic("DestinationRule", &dr.name_any(), dr))
+            .collect()
+    }
+
+    fn route_objects(
+        &self,
+        canary: &Canary,
+        weights: Weights,
+    ) -> Result<Vec<DynamicObject>, Error> {
+        let vs = virtual_service(canary, weights);
+        Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
+    }
+}
+
+pub fn destination_rules(canary: &Canary) -> Vec<DestinationRule> {
+    let svc = canary.service_name();
+    ["primary", "canary"]
+        .into_iter()
+        .map(|role| {
+            let host = format!("{svc}-{role}");
+            DestinationRule {
+                metadata: owned_meta(canary, host.clone(), None),
+                spec: DestinationRuleSpec {
+                    host,
+                    traffic_policy: canary.spec.service.traffic_policy.clone(),
+                    subsets: vec![],
+                    export_to: vec![],
+                },
+            }
+        })
+        .collect()
+}
+
+pub fn virtual_service(canary: &Canary, weights: Weights) -> VirtualService {
+    let service = &canary.spec.service;
+    let name = canary.service_name().to_string();
+    let mut hosts = service.hosts.clone();
+    if !hosts.contains(&name) {
+        hosts.push(name.clone());
+    }
+    let destination = |role: &str, weight: i32| HttpRouteDestination {
+        destination: Destination {
+            host: format!("{name}-{role}"),
+            subset: None,
+            port: Some(PortSelector {
+                number: u32::try_from(service.port).ok(),
+            }),
+        },
+        weight: Some(weight),
+        headers: None,
+    };
+    let route = |matches: Vec<HttpMatchRequest>, weights: Weights| HttpRoute {
+        matches,
+        route: vec![
+            destination("primary", weights.primary_weight()),
+            destination("canary", weights.canary_weight()),
+        ],
+        retries: service.retries.clone(),
+        timeout: service.timeout.clone(),
+        headers: service.headers.clone(),
+        cors_policy: service.cors_policy.clone(),
+        rewrite: service.rewrite.clone(),
+        ..Default::default()
+    };
+    let analysis_matches = &canary.spec.analysis.matches;
+    let http = if analysis_matches.is_empty() {
+        vec![route(service.matches.clone(), weights)]
+    } else {
+        // Only the selected requests take part in the release; the rest stay on the primary.
+        vec![
+            route(merge_matches(analysis_matches, &service.matches), weights),
+            route(service.matches.clone(), Weights::ALL_PRIMARY),
+        ]
+    };
+    VirtualService {
+        metadata: owned_meta(canary, name, None),
+        spec: VirtualServiceSpec {
+            hosts,
+            gateways: service.gateways.clone(),
+            http,
+            export_to: vec![],
+        },
+    }
+}
+
+/// Every analysis match combined (AND) with every service match; the analysis condition
+/// wins where both set the same field.
+pub fn merge_matches(
+    analysis: &[HttpMatchRequest],
+    service: &[HttpMatchRequest],
+) -> Vec<HttpMatchRequest> {
+    if service.is_empty() {
+        return analysis.to_vec();
+    }
+    let mut merged = Vec::with_capacity(analysis.len() * service.len());
+    for a in analysis {
+        for s in service {
+            let mut m = s.clone();
+            macro_rules! take {
+                ($($field:ident),*) => {$(
+                    if a.$field.is_some() { m.$field = a.$field.clone(); }
+                )*};
+            }
+            take!(
+                name,
+                uri,
+                scheme,
+                method,
+                authority,
+                port,
+                ignore_uri_case,
+                source_namespace
+            );
+            m.headers.extend(a.headers.clone());
+            m.query_params.extend(a.query_params.clone());
+            m.without_headers.extend(a.without_headers.clone());
+            m.source_labels.extend(a.source_labels.clone());
+            if !a.gateways.is_empty() {
+                m.gateways = a.gateways.clone();
+            }
+            merged.push(m);
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::istio::StringMatch;
+
+    fn canary(extra: &str) -> Canary {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: istioinaction, uid: "1"}}
+spec:
+  targetRef: {{kind: Deployment, name: catalog}}
+  service:
+    name: catalog
+    port: 80
+    gateways: [mesh]
+    hosts: [catalog.istioinaction.io]
+    timeout: 2s
+    retries: {{attempts: 3, perTryTimeout: 1s, retryOn: "gateway-error,connect-failure"}}
+    trafficPolicy: {{loadBalancer: {{simple: LEAST_REQUEST}}}}
+{extra}
+"#
+        ))
+        .unwrap()
+    }
+
+    fn weights_of(route: &HttpRoute) -> Vec<(String, i32)> {
+        route
+            .route
+            .iter()
+            .map(|d| (d.destination.host.clone(), d.weight.unwrap_or(0)))
+            .collect()
+    }
+
+    #[test]
+    fn virtual_service_carries_weights_and_service_settings() {
+        let c = canary("  analysis: {stepWeight: 10}");
+        let vs = virtual_service(&c, Weights::canary(30));
+        assert_eq!(vs.metadata.name.as_deref(), Some("catalog"));
+        assert_eq!(vs.spec.hosts, vec!["catalog.istioinaction.io", "catalog"]);
+        assert_eq!(vs.spec.gateways, vec!["mesh"]);
+        assert_eq!(vs.spec.http.len(), 1);
+        let r = &vs.spec.http[0];
+        assert_eq!(
+            weights_of(r),
+            vec![
+                ("catalog-primary".into(), 70),
+                ("catalog-canary".into(), 30)
+            ]
+        );
+        assert_eq!(
+            r.route[0].destination.port.as_ref().unwrap().number,
+            Some(80)
+        );
+        assert_eq!(r.timeout.as_deref(), Some("2s"));
+        assert_eq!(r.retries.as_ref().unwrap().attempts, Some(3));
+    }
+
+    #[test]
+    fn analysis_match_gets_its_own_route_and_the_rest_stays_on_primary() {
+        let c = canary("  analysis: {stepWeight: 10, match: [{sourceLabels: {app: webapp}}]}");
+        let vs = virtual_service(&c, Weights::canary(20));
+        assert_eq!(vs.spec.http.len(), 2);
+        assert_eq!(vs.spec.http[0].matches[0].source_labels["app"], "webapp");
+        assert_eq!(
+            weights_of(&vs.spec.http[0]),
+            vec![
+                ("catalog-primary".into(), 80),
+                ("catalog-canary".into(), 20)
+            ]
+        );
+        assert!(vs.spec.http[1].matches.is_empty());
+        assert_eq!(
+            weights_of(&vs.spec.http[1]),
+            vec![
+                ("catalog-primary".into(), 100),
+                ("catalog-canary".into(), 0)
+            ]
+        );
+    }
+
+    #[test]
+    fn matches_merge_as_a_product() {
+        let header = |k: &str, v: &str| HttpMatchRequest {
+            headers: BTreeMap::from([(
+                k.to_string(),
+                StringMatch {
+                    exact: Some(v.into()),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let uri = |p: &str| HttpMatchRequest {
+            uri: Some(StringMatch {
+                prefix: Some(p.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let merged = merge_matches(
+            &[header("x-user", "a"), header("x-user", "b")],
+            &[uri("/api"), uri("/v2")],
+        );
+        assert_eq!(merged.len(), 4);
+        assert!(merged
+            .iter()
+            .all(|m| m.uri.is_some() && m.headers.contains_key("x-user")));
+        assert_eq!(merge_matches(&[uri("/x")], &[]), vec![uri("/x")]);
+    }
+
+    #[test]
+    fn destination_rules_copy_the_traffic_policy() {
+        let c = canary("  analysis: {stepWeight: 10}");
+        let drs = destination_rules(&c);
+        let hosts: Vec<_> = drs.iter().map(|d| d.spec.host.as_str()).collect();
+        assert_eq!(hosts, vec!["catalog-primary", "catalog-canary"]);
+        for dr in &drs {
+            let lb = dr
+                .spec
+                .traffic_policy
+                .as_ref()
+                .unwrap()
+                .load_balancer
+                .as_ref()
+                .unwrap();
+            assert_eq!(lb.simple.as_deref(), Some("LEAST_REQUEST"));
+        }
+    }
+
+    #[test]
+    fn rendered_objects_have_type_meta() {
+        let c = canary("  analysis: {stepWeight: 10}");
+        let objs = IstioRouter.route_objects(&c, Weights::canary(10)).unwrap();
+        let tm = objs[0].types.as_ref().unwrap();
+        assert_eq!(tm.api_version, "networking.istio.io/v1beta1");
+        assert_eq!(tm.kind, "VirtualService");
+        let drs = IstioRouter.static_objects(&c).unwrap();
+        assert_eq!(drs.len(), 2);
+    }
+}

@@ -1,0 +1,63 @@
+//! Traffic routers: how a Canary's weights become objects in the cluster. Each router is
+//! pure rendering; the controller applies what it renders with server-side apply.
+//! A new router (e.g. Gateway API) is one new file implementing [`TrafficRouter`].
+
+pub mod istio;
+
+use std::collections::BTreeMap;
+
+use kube::api::DynamicObject;
+
+use crate::api::{Canary, RouterKind};
+use crate::controller::workloads::AppLabel;
+use crate::rollout::Weights;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("provider {} is not available in this sluice version: use istio", .0.as_str())]
+    Unsupported(RouterKind),
+    #[error("rendering {kind} {name}: {source}")]
+    Render {
+        kind: &'static str,
+        name: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Renders the routing objects of one router kind.
+pub trait TrafficRouter: Send + Sync {
+    fn kind(&self) -> RouterKind;
+
+    /// Labels the apex Service selects: the primary pods, or a proxy in front of them.
+    fn apex_selector(&self, canary: &Canary, app: &AppLabel) -> BTreeMap<String, String>;
+
+    /// Objects that do not change with the weights (e.g. DestinationRules).
+    fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error>;
+
+    /// Objects that carry the weights (e.g. the VirtualService).
+    fn route_objects(&self, canary: &Canary, weights: Weights)
+        -> Result<Vec<DynamicObject>, Error>;
+}
+
+/// The router for a Canary's provider.
+pub fn for_kind(kind: RouterKind) -> Result<&'static dyn TrafficRouter, Error> {
+    match kind {
+        RouterKind::Istio => Ok(&istio::IstioRouter),
+        RouterKind::Sluice => Err(Error::Unsupported(kind)),
+    }
+}
+
+/// Converts a typed object into the dynamic form the executor applies.
+pub(crate) fn to_dynamic<T: serde::Serialize>(
+    kind: &'static str,
+    name: &str,
+    object: &T,
+) -> Result<DynamicObject, Error> {
+    serde_json::to_value(object)
+        .and_then(serde_json::from_value)
+        .map_err(|source| Error::Render {
+            kind,
+            name: name.to_string(),
+            source,
+        })
+}
