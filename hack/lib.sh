@@ -25,3 +25,23 @@ rust_ensure() {
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 }
+
+# Like apt_ensure, but a package's own service (e.g. Debian's etcd or prometheus) is
+# not started on install: we run those binaries ourselves on our own ports.
+apt_ensure_no_start() {
+  local policy=/usr/sbin/policy-rc.d created=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+  fi
+  local rc=0
+  apt_ensure "$@" || rc=$?
+  [ -n "$created" ] && rm -f "$policy"
+  return $rc
+}
+
+# Fails with one clear message when a TCP port on this machine is already listening.
+port_free() {
+  local port=$1 what=$2 holder
+  holder=$(ss -Hltnp "sport = :$port" 2>/dev/null | head -1)
+  [ -z "$holder" ] || die "port $port (for $what) is already in use: $holder"
+}
