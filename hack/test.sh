@@ -17,6 +17,7 @@ step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "generated CRDs up to date" ./hack/check-crds.sh
 step "cargo test" cargo test --workspace --locked
+step "local cluster smoke test" ./hack/cluster/smoke-test.sh
 
 log "== timing summary"
 printf '  %s\n' "${TIMINGS[@]}"

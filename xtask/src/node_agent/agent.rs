@@ -32,6 +32,8 @@ use super::network::{self, IpAllocator, Ipv4Cidr, PodNetNames};
 use super::probe::ProbeSpec;
 
 const FIELD_MANAGER: &str = "sluice-node-agent";
+/// Taint on fake-mode nodes; scale-test pods tolerate it.
+pub const FAKE_TAINT: &str = "node.sluice.dev/fake";
 const NETNS_PREFIX: &str = "sluice-";
 const LEASE_SECONDS: i32 = 40;
 const HEARTBEAT: Duration = Duration::from_secs(10);
@@ -336,8 +338,17 @@ impl Agent {
         let name = &self.config.node_name;
         let now = Time(Timestamp::now());
         if first {
+            // Fake nodes are tainted so that only pods meant for scale tests (which
+            // tolerate the taint) land there, never the ones that should really run.
+            let taints = match self.config.mode {
+                RunMode::Processes => json!([]),
+                RunMode::Fake => {
+                    json!([{"key": FAKE_TAINT, "value": "true", "effect": "NoSchedule"}])
+                }
+            };
             let node = json!({
                 "apiVersion": "v1", "kind": "Node",
+                "spec": {"taints": taints},
                 "metadata": {"name": name, "labels": {
                     "kubernetes.io/hostname": name,
                     "kubernetes.io/os": "linux",
