@@ -1,2 +1,9 @@
 //! The controller: observe the cluster, decide with [`crate::rollout`], apply the plan.
+pub mod context;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod observe;
+pub mod reconcile;
+pub mod run;
 pub mod workloads;

@@ -1,0 +1,78 @@
+//! What the reconciler is handed: the client, the caches it reads from, and its outputs.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::reflector::Store;
+use kube::Client;
+use prometheus_client::registry::Registry;
+use tokio::sync::RwLock;
+
+use super::metrics::Metrics;
+use crate::api::istio::{DestinationRule, VirtualService};
+use crate::api::RouterKind;
+
+/// Settings of the controller process.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Router for Canaries that do not name one.
+    pub default_provider: RouterKind,
+    /// Prometheus address for built-in metrics when the Canary names none.
+    pub metrics_server: Option<String>,
+}
+
+/// Caches of the objects the controller reads, filled by watches.
+#[derive(Clone)]
+pub struct Stores {
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub autoscalers: Store<HorizontalPodAutoscaler>,
+    pub virtual_services: Store<VirtualService>,
+    pub destination_rules: Store<DestinationRule>,
+}
+
+/// Shared with the HTTP server: diagnostics and the metrics registry.
+#[derive(Clone)]
+pub struct State {
+    pub registry: Arc<RwLock<Registry>>,
+    pub metrics: Arc<Metrics>,
+    pub diagnostics: Arc<RwLock<Diagnostics>>,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Diagnostics {
+    pub leader: bool,
+    pub last_reconcile: Option<String>,
+    pub caches_synced: bool,
+}
+
+impl State {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        State {
+            registry: Arc::new(RwLock::new(registry)),
+            metrics,
+            diagnostics: Arc::default(),
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Handed to every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub events: super::events::EventPublisher,
+    pub metrics: Arc<Metrics>,
+    pub diagnostics: Arc<RwLock<Diagnostics>>,
+    pub config: Config,
+    pub analysis: super::observe::Analysis,
+}

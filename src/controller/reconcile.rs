@@ -1,0 +1,450 @@
+//! One reconcile: observe, decide, execute. The executor applies a plan with server-side
+//! apply under one field manager and skips objects whose applied content is unchanged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::context::Context;
+use super::metrics::{CanaryLabels, MetricLabels, WorkloadLabels};
+use super::observe::{observe, Observation};
+use super::workloads::{self, AppLabel};
+use crate::api::{Canary, CanaryStatus, Phase};
+use crate::rollout::{self, EventType, Plan, PrimaryAction};
+use crate::router::{self, TrafficRouter};
+
+/// The one field manager for everything sluice writes.
+pub const FIELD_MANAGER: &str = "sluice";
+/// Hash of the content sluice last applied to an object; an equal hash skips the write.
+pub const APPLIED_HASH: &str = "sluice.dev/applied-hash";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Workload(#[from] workloads::Error),
+    #[error(transparent)]
+    Router(#[from] router::Error),
+    #[error("serializing {0}: {1}")]
+    Serialize(&'static str, serde_json::Error),
+    #[error("Canary has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A short label for the error metric.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(_) => "kube",
+            Error::Workload(e) => e.label(),
+            Error::Router(_) => "router",
+            Error::Serialize(..) => "serialize",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+
+    /// Spec problems the user must fix: reported on the Canary, retried slowly.
+    fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Error::Workload(_) | Error::Router(router::Error::Unsupported(_))
+        )
+    }
+}
+
+pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.time_reconcile();
+    if canary.metadata.deletion_timestamp.is_some() {
+        // Owned objects are removed by the garbage collector through owner references.
+        return Ok(Action::await_change());
+    }
+    if !ctx.diagnostics.read().await.caches_synced {
+        // Deciding on a partial cache would report objects as missing.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    let now = Timestamp::now();
+    let observation = observe(&canary, &ctx, now).await;
+    let plan = rollout::decide(&canary, &observation.observed, now);
+    {
+        let mut diag = ctx.diagnostics.write().await;
+        diag.last_reconcile = Some(format!(
+            "{}.{} at {now}",
+            canary.name_any(),
+            canary.namespace().unwrap_or_default()
+        ));
+    }
+    match execute(&canary, &observation, &plan, &ctx).await {
+        Ok(()) => {}
+        Err(err) if err.is_user_error() => {
+            report_blocked(&canary, &plan.status, &err, &ctx, now).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Err(err) => return Err(err),
+    }
+    record_metrics(&canary, &plan, &ctx);
+    Ok(Action::requeue(plan.requeue_after))
+}
+
+/// Retries after an error, sooner for conflicts (another writer raced us).
+pub fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&super::metrics::ErrorLabels {
+            error: err.label().into(),
+        })
+        .inc();
+    tracing::warn!(canary = %canary.name_any(), error = %err, "reconcile failed");
+    match err {
+        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
+            Action::requeue(Duration::from_secs(1))
+        }
+        _ => Action::requeue(Duration::from_secs(10)),
+    }
+}
+
+async fn execute(
+    canary: &Canary,
+    observation: &Observation,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let ns = canary.namespace().ok_or(Error::NoNamespace)?;
+    if let (true, Some(target)) = (plan.ensure_objects, observation.target.as_deref()) {
+        let router = router::for_kind(canary.spec.provider.unwrap_or(ctx.config.default_provider))?;
+        let app = AppLabel::of(target)?;
+        ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
+    }
+    if let Some(replicas) = plan.target_replicas {
+        let current = observation
+            .target
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.replicas);
+        if current != Some(replicas) {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            ctx.metrics.api_calls.inc();
+            api.patch(
+                &canary.spec.target_ref.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(workloads::target_scale(canary, replicas)),
+            )
+            .await?;
+        }
+    }
+    write_status(canary, &plan.status, ctx).await?;
+    publish_events(canary, plan, ctx).await;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ensure_objects(
+    canary: &Canary,
+    ns: &str,
+    target: &Deployment,
+    app: &AppLabel,
+    router: &dyn TrafficRouter,
+    observation: &Observation,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let client = &ctx.client;
+    // Primary first: the Services and routes point at it.
+    let template = target
+        .spec
+        .as_ref()
+        .map(|s| s.template.clone())
+        .unwrap_or_default();
+    let primary = match plan.primary {
+        PrimaryAction::Keep => None,
+        PrimaryAction::Create { replicas } => Some(workloads::primary_deployment(
+            canary,
+            target,
+            &template,
+            &observation.observed.revision,
+            Some(replicas),
+        )?),
+        PrimaryAction::Promote => {
+            let replicas = observation
+                .primary
+                .as_ref()
+                .and_then(|p| p.spec.as_ref())
+                .and_then(|s| s.replicas);
+            let revision = plan
+                .status
+                .last_applied_spec
+                .clone()
+                .unwrap_or_else(|| observation.observed.revision.clone());
+            Some(workloads::primary_deployment(
+                canary, target, &template, &revision, replicas,
+            )?)
+        }
+    };
+    if let Some(primary) = primary {
+        apply(
+            ctx,
+            &ctx.stores.deployments,
+            Api::namespaced(client.clone(), ns),
+            primary,
+        )
+        .await?;
+    }
+    if let Some(hpa_ref) = &canary.spec.autoscaler_ref {
+        let source: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+        if let Some(source) = source.get_opt(&hpa_ref.name).await? {
+            let copy = workloads::primary_autoscaler(canary, &source);
+            apply(ctx, &ctx.stores.autoscalers, source_api(client, ns), copy).await?;
+        }
+    }
+    for svc in workloads::services(canary, app, router.apex_selector(canary, app)) {
+        apply(
+            ctx,
+            &ctx.stores.services,
+            Api::<Service>::namespaced(client.clone(), ns),
+            svc,
+        )
+        .await?;
+    }
+    for obj in router.static_objects(canary)? {
+        apply_dynamic(ctx, ns, obj).await?;
+    }
+    if let Some(weights) = plan.routes {
+        for obj in router.route_objects(canary, weights)? {
+            apply_dynamic(ctx, ns, obj).await?;
+        }
+    }
+    Ok(())
+}
+
+fn source_api(client: &kube::Client, ns: &str) -> Api<HorizontalPodAutoscaler> {
+    Api::namespaced(client.clone(), ns)
+}
+
+/// Applies `obj` unless the cached copy already carries the same content hash.
+async fn apply<K>(ctx: &Context, store: &Store<K>, api: Api<K>, mut obj: K) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let hash = content_hash(&obj)?;
+    let name = obj.name_any();
+    let cached = store.get(&ObjectRef::new(&name).within(&obj.namespace().unwrap_or_default()));
+    if cached
+        .as_ref()
+        .and_then(|c| c.annotations().get(APPLIED_HASH))
+        == Some(&hash)
+    {
+        return Ok(false);
+    }
+    obj.annotations_mut().insert(APPLIED_HASH.into(), hash);
+    ctx.metrics.api_calls.inc();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Applies a router object; VirtualServices and DestinationRules are also compared by
+/// spec so that a hand edit is put back.
+async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Result<bool, Error> {
+    let types = obj.types.clone().unwrap_or_default();
+    let hash = content_hash(&obj)?;
+    let name = obj.name_any();
+    let unchanged = match types.kind.as_str() {
+        "VirtualService" => ctx
+            .stores
+            .virtual_services
+            .get(&ObjectRef::new(&name).within(ns))
+            .is_some_and(|c| {
+                c.annotations().get(APPLIED_HASH) == Some(&hash)
+                    && serde_json::to_value(&c.spec).ok() == obj.data.get("spec").cloned()
+            }),
+        "DestinationRule" => ctx
+            .stores
+            .destination_rules
+            .get(&ObjectRef::new(&name).within(ns))
+            .is_some_and(|c| {
+                c.annotations().get(APPLIED_HASH) == Some(&hash)
+                    && serde_json::to_value(&c.spec).ok() == obj.data.get("spec").cloned()
+            }),
+        _ => false,
+    };
+    if unchanged {
+        return Ok(false);
+    }
+    obj.annotations_mut().insert(APPLIED_HASH.into(), hash);
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((g, v)) => (g.to_string(), v.to_string()),
+        None => (String::new(), types.api_version.clone()),
+    };
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &types.kind));
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    ctx.metrics.api_calls.inc();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await?;
+    Ok(true)
+}
+
+fn content_hash<T: Serialize>(obj: &T) -> Result<String, Error> {
+    use std::hash::Hasher;
+    let bytes = serde_json::to_vec(obj).map_err(|e| Error::Serialize("object", e))?;
+    let mut h = fnv::FnvHasher::default();
+    h.write(&bytes);
+    Ok(format!("{:016x}", h.finish()))
+}
+
+async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Context) -> Result<(), Error> {
+    if canary.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<Canary> = Api::namespaced(
+        ctx.client.clone(),
+        &canary.namespace().ok_or(Error::NoNamespace)?,
+    );
+    // Server-side apply of the whole status: fields the decision cleared are removed.
+    let patch = serde_json::json!({
+        "apiVersion": "sluice.dev/v1beta1",
+        "kind": "Canary",
+        "status": status,
+    });
+    ctx.metrics.api_calls.inc();
+    api.patch_status(
+        &canary.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish_events(canary: &Canary, plan: &Plan, ctx: &Context) {
+    let reference = workloads::canary_object_ref(canary);
+    for event in &plan.events {
+        match event.type_ {
+            EventType::Normal => tracing::info!(canary = %canary.name_any(), "{}", event.message),
+            EventType::Warning => tracing::warn!(canary = %canary.name_any(), "{}", event.message),
+        }
+        ctx.metrics.api_calls.inc();
+        // An event that cannot be written must not stop the release.
+        if let Err(err) = ctx.events.publish(&reference, event).await {
+            tracing::warn!(error = %err, "publishing event failed");
+        }
+    }
+}
+
+/// Reports an error the user must fix as a condition and a Warning event.
+async fn report_blocked(
+    canary: &Canary,
+    planned: &CanaryStatus,
+    err: &Error,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let mut status = canary.status.clone().unwrap_or_else(|| planned.clone());
+    let message = err.to_string();
+    let already = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "False" && c.message == message);
+    if already {
+        return Ok(());
+    }
+    status.conditions.retain(|c| c.type_ != "Ready");
+    status.conditions.push(crate::api::CanaryCondition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        last_update_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+        reason: "Blocked".into(),
+        message: message.clone(),
+    });
+    write_status(canary, &status, ctx).await?;
+    let plan = Plan {
+        ensure_objects: false,
+        primary: PrimaryAction::Keep,
+        target_replicas: None,
+        routes: None,
+        status,
+        events: vec![rollout::Event {
+            type_: EventType::Warning,
+            reason: "Blocked",
+            message,
+        }],
+        requeue_after: Duration::from_secs(60),
+    };
+    publish_events(canary, &plan, ctx).await;
+    Ok(())
+}
+
+fn record_metrics(canary: &Canary, plan: &Plan, ctx: &Context) {
+    let name = canary.name_any();
+    let namespace = canary.namespace().unwrap_or_default();
+    let labels = CanaryLabels {
+        name: name.clone(),
+        namespace: namespace.clone(),
+    };
+    let phase = plan.status.phase.unwrap_or_default();
+    ctx.metrics
+        .status
+        .get_or_create(&labels)
+        .set(phase.status_code());
+    ctx.metrics
+        .weight
+        .get_or_create(&WorkloadLabels {
+            workload: canary.spec.target_ref.name.clone(),
+            namespace: namespace.clone(),
+        })
+        .set(plan.status.canary_weight as i64);
+    for result in &plan.status.last_analysis {
+        if let Some(value) = result.value {
+            ctx.metrics
+                .metric_analysis
+                .get_or_create(&MetricLabels {
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    metric: result.name.clone(),
+                })
+                .set(value);
+        }
+    }
+    let before = canary.phase();
+    if before != Some(phase) && matches!(phase, Phase::Succeeded | Phase::Failed) {
+        let counter = if phase == Phase::Succeeded {
+            &ctx.metrics.successes
+        } else {
+            &ctx.metrics.failures
+        };
+        counter.get_or_create(&labels).inc();
+        // The Promoted condition turned Unknown when the run started.
+        let started = canary
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Promoted"))
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map(|t| t.0);
+        if let Some(started) = started {
+            let secs = Timestamp::now().duration_since(started).as_secs_f64();
+            ctx.metrics
+                .duration
+                .get_or_create(&labels)
+                .observe(secs.max(0.0));
+        }
+    }
+}

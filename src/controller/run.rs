@@ -1,0 +1,368 @@
+//! Wiring: watches and caches, the kube-runtime Controller, leader election, the HTTP
+//! endpoints (`/metrics`, `/healthz`, `/readyz`) and graceful shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State as AxumState;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::watch;
+
+use super::context::{Config, Context, State, Stores};
+use super::leader::LeaderElector;
+use super::observe::Analysis;
+use super::reconcile::{error_policy, reconcile};
+use crate::api::istio::{DestinationRule, VirtualService};
+use crate::api::Canary;
+
+pub struct Options {
+    pub config: Config,
+    pub listen: std::net::SocketAddr,
+    /// Namespace of the leader Lease; None disables leader election.
+    pub lease_namespace: Option<String>,
+    pub lease_name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+}
+
+/// Serves HTTP and runs the controller whenever this process is leader, until a signal.
+pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+    let state = State::new();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(signal_shutdown(shutdown_tx));
+
+    let server = serve(state.clone(), options.listen, shutdown_rx.clone());
+    let work = async {
+        match &options.lease_namespace {
+            None => {
+                state.diagnostics.write().await.leader = true;
+                run_controller(client.clone(), &options, &state, shutdown_rx.clone()).await
+            }
+            Some(ns) => lead(client.clone(), ns, &options, &state, shutdown_rx.clone()).await,
+        }
+    };
+    let (served, worked) = tokio::join!(server, work);
+    served?;
+    worked
+}
+
+async fn signal_shutdown(tx: watch::Sender<bool>) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Follower until the lease is won; leader until shutdown or until renewals fail for a
+/// whole lease period, when the process exits so that two leaders never act at once.
+async fn lead(
+    client: Client,
+    ns: &str,
+    options: &Options,
+    state: &State,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let elector = LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), ns),
+        &options.lease_name,
+        &options.identity,
+        options.lease_duration,
+    );
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        match elector.try_acquire().await {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(err) => tracing::warn!(error = %err, "leader election"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(elector.renew_interval()) => {}
+            _ = wait_for(shutdown.clone()) => return Ok(()),
+        }
+    }
+    tracing::info!(identity = %options.identity, "became leader");
+    state.diagnostics.write().await.leader = true;
+
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renew = async {
+        let mut last_renewed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(elector.renew_interval()) => {}
+                _ = wait_for(shutdown.clone()) => return,
+            }
+            match elector.try_acquire().await {
+                Ok(true) => last_renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    tracing::error!("lost the leader lease");
+                    let _ = lost_tx.send(true);
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "renewing the leader lease");
+                    if last_renewed.elapsed() >= options.lease_duration {
+                        let _ = lost_tx.send(true);
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    // The controller stops on shutdown or when the lease is lost.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopper = {
+        let shutdown = shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = wait_for(shutdown) => {}
+                _ = wait_for(lost_rx.clone()) => {}
+            }
+            let _ = stop_tx.send(true);
+        }
+    };
+    let (_, _, controller) = tokio::join!(
+        renew,
+        stopper,
+        run_controller(client, options, state, stop_rx)
+    );
+    state.diagnostics.write().await.leader = false;
+    if *shutdown.borrow() {
+        if let Err(err) = elector.release().await {
+            tracing::warn!(error = %err, "releasing the leader lease");
+        }
+        controller
+    } else {
+        controller?;
+        anyhow::bail!("leadership lost: exiting so that a restart rejoins as follower")
+    }
+}
+
+async fn run_controller(
+    client: Client,
+    options: &Options,
+    state: &State,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let canaries = Api::<Canary>::all(client.clone());
+    // Fail early with a clear message when the CRDs are missing.
+    canaries
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot list Canaries (are the sluice CRDs installed?): {e}")
+        })?;
+
+    let wc = watcher::Config::default().any_semantic();
+    let (deployments, deploy_writer) = reflector::store::<Deployment>();
+    let (services, svc_writer) = reflector::store::<Service>();
+    let (autoscalers, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let (virtual_services, vs_writer) = reflector::store::<VirtualService>();
+    let (destination_rules, dr_writer) = reflector::store::<DestinationRule>();
+
+    let deploy_stream = watcher(Api::<Deployment>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(deploy_writer)
+        .touched_objects();
+    let svc_stream = watcher(
+        Api::<Service>::all(client.clone()),
+        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
+    )
+    .default_backoff()
+    .reflect(svc_writer)
+    .touched_objects();
+    let hpa_stream = watcher(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
+    )
+    .default_backoff()
+    .reflect(hpa_writer)
+    .touched_objects();
+    let vs_stream = watcher(
+        Api::<VirtualService>::all(client.clone()),
+        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
+    )
+    .default_backoff()
+    .reflect(vs_writer)
+    .touched_objects();
+    let dr_stream = watcher(
+        Api::<DestinationRule>::all(client.clone()),
+        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
+    )
+    .default_backoff()
+    .reflect(dr_writer)
+    .touched_objects();
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        stores: Stores {
+            deployments: deployments.clone(),
+            services,
+            autoscalers,
+            virtual_services,
+            destination_rules,
+        },
+        events: super::events::EventPublisher::new(client.clone(), options.identity.clone()),
+        metrics: state.metrics.clone(),
+        diagnostics: state.diagnostics.clone(),
+        config: options.config.clone(),
+        analysis: Analysis {
+            default_metrics_server: options.config.metrics_server.clone(),
+        },
+    });
+
+    let controller = Controller::new(canaries, wc.clone());
+    let canary_store = controller.store();
+    // A Deployment triggers the Canaries that target it or own it (the primary).
+    let targets = canary_store.clone();
+    let controller = controller
+        .watches_stream(deploy_stream, move |d: Deployment| {
+            let ns = d.namespace().unwrap_or_default();
+            let name = d.name_any();
+            let owners: Vec<ObjectRef<Canary>> = d
+                .owner_references()
+                .iter()
+                .filter(|o| o.kind == Canary::kind(&()))
+                .map(|o| ObjectRef::new(&o.name).within(&ns))
+                .collect();
+            let targeting: Vec<ObjectRef<Canary>> = targets
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.namespace().as_deref() == Some(ns.as_str()) && c.spec.target_ref.name == name
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect();
+            owners.into_iter().chain(targeting)
+        })
+        .owns_stream(svc_stream)
+        .owns_stream(hpa_stream)
+        .owns_stream(vs_stream)
+        .owns_stream(dr_stream)
+        .graceful_shutdown_on(wait_for(stop));
+
+    let diagnostics = state.diagnostics.clone();
+    let total = state.metrics.total.clone();
+    let store_for_ready = canary_store.clone();
+    let synced = async move {
+        if store_for_ready.wait_until_ready().await.is_ok()
+            && deployments.wait_until_ready().await.is_ok()
+        {
+            diagnostics.write().await.caches_synced = true;
+            tracing::info!("caches synced");
+        }
+    };
+    let counting = async move {
+        loop {
+            let mut per_ns = std::collections::BTreeMap::<String, i64>::new();
+            for c in canary_store.state() {
+                *per_ns.entry(c.namespace().unwrap_or_default()).or_default() += 1;
+            }
+            for (namespace, n) in per_ns {
+                total
+                    .get_or_create(&super::metrics::NamespaceLabels { namespace })
+                    .set(n);
+            }
+            tokio::time::sleep(Duration::from_secs(15)).await;
+        }
+    };
+    let run = controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile");
+            }
+        });
+    tokio::select! {
+        _ = async { tokio::join!(run, synced) } => {}
+        _ = counting => {}
+    }
+    Ok(())
+}
+
+async fn serve(
+    state: State,
+    listen: std::net::SocketAddr,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/debug/state", get(diagnostics))
+        .with_state(state);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+    tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(wait_for(shutdown))
+        .await?;
+    Ok(())
+}
+
+async fn metrics(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    let mut body = String::new();
+    let registry = state.registry.read().await;
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Ready when this replica can act: it leads and its caches are synced, or it is a
+/// follower (followers are ready to take over).
+async fn ready(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    let d = state.diagnostics.read().await;
+    if !d.leader || d.caches_synced {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    }
+}
+
+async fn diagnostics(AxumState(state): AxumState<State>) -> impl IntoResponse {
+    let d = state.diagnostics.read().await.clone();
+    axum::Json(d)
+}
