@@ -12,6 +12,8 @@ PIDS=$STATE/pids
 LOGS=$STATE/logs
 KUBECONFIG_ADMIN=$STATE/kubeconfig
 K8S_BIN=$SLUICE_CACHE/k8s-$K8S_VERSION/bin
+PROMETHEUS_MODULE_VERSION=${PROMETHEUS_MODULE_VERSION:-v0.316.0}
+PROMETHEUS_BIN=$SLUICE_CACHE/prometheus-$PROMETHEUS_MODULE_VERSION/bin/prometheus
 
 APISERVER_PORT=${SLUICE_APISERVER_PORT:-16443}
 ETCD_CLIENT_PORT=${SLUICE_ETCD_PORT:-12379}
@@ -83,8 +85,8 @@ stop_component() {
 }
 
 ensure_tools() {
-  apt_ensure_no_start etcd-server prometheus openssl iproute2 curl kubectl python3
-  for tool in etcd prometheus openssl ip ss curl kubectl python3 go cargo setsid flock; do
+  apt_ensure_no_start etcd-server openssl iproute2 curl kubectl python3
+  for tool in etcd openssl ip ss curl kubectl python3 go cargo setsid flock; do
     command -v "$tool" >/dev/null || die "required tool '$tool' not found"
   done
   [ "$(id -u)" = 0 ] || die "hack/cluster.sh must run as root (it creates network namespaces)"
@@ -245,6 +247,7 @@ cmd_up() {
   local t0=$SECONDS
   ensure_tools
   "$ROOT/hack/cluster/build-k8s.sh"
+  "$ROOT/hack/cluster/build-prometheus.sh"
   mkdir -p "$PIDS" "$LOGS" "$STATE/etcd"
   check_ports
   running node-agent || check_pod_cidr
@@ -281,12 +284,14 @@ cmd_up() {
     --use-service-account-credentials=true \
     --service-account-private-key-file "$PKI/sa.key" --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-    --controllers '*' --horizontal-pod-autoscaler-sync-period 5s
+    --controllers '*' --horizontal-pod-autoscaler-sync-period 5s \
+    --kube-api-qps 200 --kube-api-burst 400
   start_component kube-scheduler "$K8S_BIN/kube-scheduler" \
     --kubeconfig "$STATE/scheduler.kubeconfig" \
     --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
     --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false
+    --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false \
+    --kube-api-qps 200 --kube-api-burst 400
   wait_for kube-controller-manager 60 curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for kube-scheduler 60 curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
@@ -301,7 +306,7 @@ cmd_up() {
   wait_for node-agent 90 node_ready
 
   write_prometheus_config
-  start_component prometheus prometheus --config.file "$STATE/prometheus/prometheus.yml" \
+  start_component prometheus "$PROMETHEUS_BIN" --config.file "$STATE/prometheus/prometheus.yml" \
     --storage.tsdb.path "$STATE/prometheus/data" --storage.tsdb.retention.time 1d \
     --web.listen-address "127.0.0.1:$PROMETHEUS_PORT"
   wait_for prometheus 60 curl -fsS --max-time 2 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"

@@ -88,12 +88,18 @@ YAML
 
 ready_pod_ips() {
   kubectl get pods -n "$NS" -l app=web -o \
-    'jsonpath={range .items[?(@.status.conditions[?(@.type=="Ready")].status=="True")]}{.status.podIP}{"\n"}{end}'
+    'jsonpath={range .items[*]}{.status.podIP} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' |
+    awk '$2 == "True" && $1 ~ /^10\.244\./ {print $1}'
 }
-two_ready() { [ "$(ready_pod_ips | grep -c '^10\.244\.')" = 2 ]; }
+two_ready() { [ "$(ready_pod_ips | wc -l)" = 2 ]; }
 check "2 pods Ready with 10.244 IPs" eventually two_ready
 mapfile -t IPS < <(ready_pod_ips)
 log "pod IPs: ${IPS[*]}"
+# Every later check is about these two pods; without them they would pass vacuously.
+if [ ${#IPS[@]} != 2 ]; then
+  kubectl get pods -n "$NS" -o wide >&2 || true
+  die "expected 2 ready pod IPs, got ${#IPS[@]}; see $ROOT/.cluster/logs/node-agent.log"
+fi
 
 for ip in "${IPS[@]}"; do
   check "HTTP 200 from pod $ip" eventually curl -fsS --max-time 2 -o /dev/null "http://$ip:8080/"
@@ -123,7 +129,7 @@ namespaces_gone() {
   local ip
   for ip in "${IPS[@]}"; do
     # No namespace answers on the old pod IPs any more.
-    curl -fsS --max-time 1 -o /dev/null "http://$ip:8080/" && return 1
+    curl -fsS --max-time 1 -o /dev/null "http://$ip:8080/" 2>/dev/null && return 1
   done
   return 0
 }

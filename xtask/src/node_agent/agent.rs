@@ -623,6 +623,10 @@ impl Agent {
         let spec = pod.spec.clone().unwrap_or_default();
         if pod.metadata.deletion_timestamp.is_some() {
             self.terminate(pod, runtime);
+            if runtime.killed {
+                // The pod is force-deleted next; a final status would be wasted.
+                return Ok(());
+            }
         } else if self.config.mode == RunMode::Fake {
             for c in &mut runtime.containers {
                 if !matches!(c.state, RunState::Running { .. }) {
@@ -908,12 +912,13 @@ impl Agent {
                 (Some(value), _) => containers::expand(value, &env),
                 (None, Some(from)) => {
                     if let Some(field) = &from.field_ref {
-                        field_value(pod, runtime, &field.field_path).ok_or_else(|| {
-                            config_error(format!(
-                                "env {}: unsupported fieldRef '{}'",
-                                var.name, field.field_path
-                            ))
-                        })?
+                        field_value(pod, runtime, self.config.gateway(), &field.field_path)
+                            .ok_or_else(|| {
+                                config_error(format!(
+                                    "env {}: unsupported fieldRef '{}'",
+                                    var.name, field.field_path
+                                ))
+                            })?
                     } else if let Some(key) = &from.config_map_key_ref {
                         let data = self
                             .config_map_data(&runtime.namespace, &key.name)
@@ -1158,7 +1163,7 @@ fn container_status(c: &ContainerRuntime, pod_ip: Ipv4Addr) -> ContainerStatus {
 }
 
 /// Values for `valueFrom.fieldRef`.
-fn field_value(pod: &Pod, runtime: &PodRuntime, path: &str) -> Option<String> {
+fn field_value(pod: &Pod, runtime: &PodRuntime, host_ip: Ipv4Addr, path: &str) -> Option<String> {
     let spec = pod.spec.as_ref();
     let value = match path {
         "metadata.name" => runtime.name.clone(),
@@ -1166,9 +1171,7 @@ fn field_value(pod: &Pod, runtime: &PodRuntime, path: &str) -> Option<String> {
         "metadata.uid" => runtime.uid.clone(),
         "status.podIP" => runtime.ip.to_string(),
         "status.podIPs" => runtime.ip.to_string(),
-        "status.hostIP" | "status.hostIPs" => {
-            Ipv4Addr::from(u32::from(runtime.ip) & 0xffff_0000 | 1).to_string()
-        }
+        "status.hostIP" | "status.hostIPs" => host_ip.to_string(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         "spec.serviceAccountName" => spec
             .and_then(|s| s.service_account_name.clone())
