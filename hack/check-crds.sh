@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Fails when crds/ differs from what the Rust types generate.
+# Fails when crds/ or the chart's copy differs from what the Rust types generate.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
-mkdir -p crds
 cargo run --quiet --locked --bin sluice-crdgen -- "$tmp"
-if ! diff -ru crds "$tmp"; then
-  die "crds/ is stale: run 'cargo run --bin sluice-crdgen -- crds' and commit the result"
-fi
+for dir in crds charts/sluice/crds-generated; do
+  if ! diff -ru "$dir" "$tmp"; then
+    die "$dir is stale: run 'cargo run --bin sluice-crdgen' and commit the result"
+  fi
+done

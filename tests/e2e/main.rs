@@ -1,0 +1,422 @@
+//! End-to-end tests of whole releases on the local cluster. They need `hack/cluster.sh up`
+//! and run from `hack/e2e.sh` (ignored by a plain `cargo test`):
+//!   cargo test --test e2e -- --ignored --test-threads=1
+
+mod support;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use support::*;
+
+const CONTROLLER_NS: &str = "sluice-system";
+
+/// Installs the chart once per run: the controller runs as a pod under the chart's
+/// ServiceAccount, so every call it makes goes through the chart's RBAC.
+fn install_controller() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let helm = std::process::Command::new(root().join("hack/ensure-helm.sh"))
+            .output()
+            .expect("hack/ensure-helm.sh runs");
+        assert!(
+            helm.status.success(),
+            "building helm failed: {}",
+            String::from_utf8_lossy(&helm.stderr)
+        );
+        let helm = String::from_utf8_lossy(&helm.stdout).trim().to_string();
+        let out = std::process::Command::new(&helm)
+            .args([
+                "upgrade",
+                "--install",
+                "sluice",
+                "charts/sluice",
+                "--namespace",
+                CONTROLLER_NS,
+                "--create-namespace",
+                "--set",
+                "installIstioCRDs=true",
+                "--set",
+                "leaseSeconds=6",
+                "--set",
+                "log.level=info,sluice=debug",
+                "--wait",
+                "--timeout",
+                "180s",
+            ])
+            .current_dir(root())
+            .env("KUBECONFIG", kubeconfig())
+            .output()
+            .expect("helm runs");
+        if !out.status.success() {
+            fail(
+                CONTROLLER_NS,
+                &format!(
+                    "helm install failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            );
+        }
+    });
+}
+
+fn app_yaml(ns: &str, version: &str, ready_path: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: catalog, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: catalog}}}}
+  template:
+    metadata: {{labels: {{app: catalog}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: catalog
+        image: sluice-test-http:latest
+        env: [{{name: PORT, value: "3000"}}, {{name: VERSION, value: {version}}}]
+        readinessProbe: {{httpGet: {{path: "{ready_path}", port: 3000}}, periodSeconds: 1}}
+"#
+    )
+}
+
+fn canary_yaml(ns: &str, interval: &str, deadline: u32) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: {deadline}
+  service: {{name: catalog, port: 80, targetPort: 3000, gateways: [mesh], hosts: [catalog]}}
+  analysis:
+    interval: {interval}
+    threshold: 2
+    maxWeight: 50
+    stepWeight: 10
+    match: [{{sourceLabels: {{app: webapp}}}}]
+"#
+    )
+}
+
+fn status_line(ns: &str) -> Option<(String, i32)> {
+    let out = jsonpath(
+        ns,
+        "canary/catalog-release",
+        "{.status.phase} {.status.canaryWeight}",
+    )?;
+    let mut parts = out.split_whitespace();
+    let phase = parts.next()?.to_string();
+    let weight = parts.next().and_then(|w| w.parse().ok()).unwrap_or(0);
+    Some((phase, weight))
+}
+
+/// Canary route weight of the VirtualService's first route.
+fn vs_canary_weight(ns: &str) -> Option<i32> {
+    jsonpath(
+        ns,
+        "virtualservice/catalog",
+        "{.spec.http[0].route[1].weight}",
+    )?
+    .trim()
+    .parse()
+    .ok()
+}
+
+fn primary_version(ns: &str) -> Option<String> {
+    jsonpath(
+        ns,
+        "deploy/catalog-primary",
+        "{.spec.template.spec.containers[0].env[?(@.name==\"VERSION\")].value}",
+    )
+}
+
+/// Follows the status until a terminal phase, recording each distinct (phase, weight)
+/// and checking the VirtualService carries each Progressing weight.
+fn follow_release(ns: &str, timeout: Duration) -> Vec<(String, i32)> {
+    let mut seen: Vec<(String, i32)> = vec![];
+    wait_for(ns, "the release to finish", timeout, || {
+        let line = status_line(ns)?;
+        if seen.last() != Some(&line) {
+            if line.0 == "Progressing" && line.1 > 0 {
+                let vs = vs_canary_weight(ns);
+                if vs != Some(line.1) {
+                    fail(
+                        ns,
+                        &format!(
+                            "status weight {} but VirtualService canary weight {vs:?}",
+                            line.1
+                        ),
+                    );
+                }
+            }
+            seen.push(line.clone());
+        }
+        let started = seen.iter().any(|(p, _)| p == "Progressing");
+        (started && (line.0 == "Succeeded" || line.0 == "Failed")).then_some(())
+    });
+    seen
+}
+
+fn initialize(ns: &str, interval: &str, deadline: u32) {
+    apply_yaml(ns, &app_yaml(ns, "v1", "/"));
+    apply_yaml(ns, &canary_yaml(ns, interval, deadline));
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    // `kubectl wait` works on the Promoted condition, as with Flagger.
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "wait",
+            "canary/catalog-release",
+            "--for=condition=promoted",
+            "--timeout=30s",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn release_promotes_step_by_step_then_a_broken_version_rolls_back() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-release");
+    let ns = ns.0.as_str();
+    initialize(ns, "3s", 30);
+
+    // What the controller created.
+    for obj in [
+        "deploy/catalog-primary",
+        "svc/catalog",
+        "svc/catalog-primary",
+        "svc/catalog-canary",
+        "destinationrule/catalog-primary",
+        "destinationrule/catalog-canary",
+        "virtualservice/catalog",
+    ] {
+        must(ns, &["-n", ns, "get", obj]);
+    }
+    assert_eq!(
+        jsonpath(ns, "deploy/catalog", "{.spec.replicas}").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        jsonpath(
+            ns,
+            "virtualservice/catalog",
+            "{.spec.http[0].match[0].sourceLabels.app}"
+        )
+        .as_deref(),
+        Some("webapp")
+    );
+    assert_eq!(
+        jsonpath(
+            ns,
+            "virtualservice/catalog",
+            "{.spec.http[1].route[0].weight}"
+        )
+        .as_deref(),
+        Some("100")
+    );
+
+    // v2: walks 10..50, promotes, finalises.
+    must(
+        ns,
+        &["-n", ns, "set", "env", "deploy/catalog", "VERSION=v2"],
+    );
+    let seen = follow_release(ns, Duration::from_secs(180));
+    let want: Vec<(String, i32)> = [
+        ("Progressing", 0),
+        ("Progressing", 10),
+        ("Progressing", 20),
+        ("Progressing", 30),
+        ("Progressing", 40),
+        ("Progressing", 50),
+        ("Promoting", 0),
+        ("Finalising", 0),
+        ("Succeeded", 0),
+    ]
+    .into_iter()
+    .map(|(p, w)| (p.to_string(), w))
+    .collect();
+    if seen != want {
+        fail(ns, &format!("phases {seen:?}, want {want:?}"));
+    }
+    assert_eq!(primary_version(ns).as_deref(), Some("v2"));
+    assert_eq!(
+        jsonpath(ns, "deploy/catalog", "{.spec.replicas}").as_deref(),
+        Some("0")
+    );
+    assert_eq!(vs_canary_weight(ns), Some(0));
+
+    let events = must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "regarding.kind=Canary",
+            "-o",
+            "jsonpath={range .items[*]}{.note}{\"\\n\"}{end}",
+        ],
+    );
+    for expected in [
+        &format!("New revision detected! Scaling up catalog.{ns}"),
+        &format!("Starting canary analysis for catalog.{ns}"),
+        &format!("Advance catalog-release.{ns} canary weight 10"),
+        &format!("Advance catalog-release.{ns} canary weight 50"),
+        &format!("Copying catalog.{ns} template spec to catalog-primary.{ns}"),
+        &format!("Routing all traffic to primary catalog-release.{ns}"),
+        &format!("Promotion completed! Scaling down catalog.{ns}"),
+    ] {
+        if !events.contains(expected.as_str()) {
+            fail(ns, &format!("event {expected:?} missing from:\n{events}"));
+        }
+    }
+
+    // v3 never becomes ready: rolled back at the progress deadline, primary untouched.
+    apply_yaml(ns, &app_yaml(ns, "v3", "/not-found"));
+    let seen = follow_release(ns, Duration::from_secs(120));
+    assert_eq!(seen.first().map(|s| s.0.as_str()), Some("Progressing"));
+    assert_eq!(
+        seen.last().map(|s| s.0.as_str()),
+        Some("Failed"),
+        "{seen:?}"
+    );
+    assert_eq!(primary_version(ns).as_deref(), Some("v2"));
+    assert_eq!(
+        jsonpath(ns, "deploy/catalog", "{.spec.replicas}").as_deref(),
+        Some("0")
+    );
+    assert_eq!(vs_canary_weight(ns), Some(0));
+    let promoted = jsonpath(
+        ns,
+        "canary/catalog-release",
+        "{.status.conditions[?(@.type==\"Promoted\")].status}",
+    );
+    assert_eq!(promoted.as_deref(), Some("False"));
+
+    // The columns users know from Flagger.
+    let wide = must(ns, &["-n", ns, "get", "canary", "-o", "wide"]);
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATUS",
+            "WEIGHT",
+            "SUSPENDED",
+            "FAILEDCHECKS",
+            "INTERVAL",
+            "MIRROR",
+            "STEPWEIGHT",
+            "STEPWEIGHTS",
+            "MAXWEIGHT",
+            "LASTTRANSITIONTIME"
+        ]
+    );
+    let narrow = must(ns, &["-n", ns, "get", "canary"]);
+    let header: Vec<&str> = narrow
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["NAME", "STATUS", "WEIGHT", "LASTTRANSITIONTIME"]);
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn release_survives_a_controller_restart() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-restart");
+    let ns = ns.0.as_str();
+    initialize(ns, "4s", 60);
+    must(
+        ns,
+        &["-n", ns, "set", "env", "deploy/catalog", "VERSION=v2"],
+    );
+    wait_for(ns, "weight 20", Duration::from_secs(90), || {
+        (status_line(ns)? == ("Progressing".to_string(), 20)).then_some(())
+    });
+    must(
+        ns,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/name=sluice",
+            "--wait=false",
+        ],
+    );
+    let seen = follow_release(ns, Duration::from_secs(180));
+    assert_eq!(
+        seen.last().map(|s| s.0.as_str()),
+        Some("Succeeded"),
+        "{seen:?}"
+    );
+    // Resumed from status: no step repeated, none skipped.
+    let weights: Vec<i32> = seen
+        .iter()
+        .filter(|(p, _)| p == "Progressing")
+        .map(|(_, w)| *w)
+        .collect();
+    assert_eq!(weights, vec![20, 30, 40, 50], "{seen:?}");
+    assert_eq!(primary_version(ns).as_deref(), Some("v2"));
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn bad_specs_are_rejected_or_reported() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-invalid");
+    let ns = ns.0.as_str();
+    // The schema rejects what it can say.
+    let bad = canary_yaml(ns, "3s", 30).replace("stepWeight: 10", "stepWeight: 60");
+    let path = std::env::temp_dir().join(format!("{ns}-bad.yaml"));
+    std::fs::write(&path, bad).expect("write");
+    let err = kubectl(&["apply", "-f", path.to_str().expect("path")])
+        .expect_err("stepWeight above maxWeight must be rejected");
+    assert!(
+        err.contains("analysis.stepWeight must not exceed analysis.maxWeight"),
+        "{err}"
+    );
+
+    // The controller reports what only it can check, naming the field.
+    apply_yaml(ns, &app_yaml(ns, "v1", "/"));
+    apply_yaml(
+        ns,
+        &canary_yaml(ns, "3s", 30).replace("    stepWeight: 10\n", "    stepWeights: [20, 10]\n"),
+    );
+    let message = wait_for(
+        ns,
+        "an InvalidSpec condition",
+        Duration::from_secs(60),
+        || {
+            jsonpath(
+                ns,
+                "canary/catalog-release",
+                "{.status.conditions[?(@.reason==\"InvalidSpec\")].message}",
+            )
+            .filter(|m| !m.is_empty())
+        },
+    );
+    assert!(message.contains("spec.analysis.stepWeights"), "{message}");
+    // Nothing was created for an invalid Canary.
+    assert!(kubectl(&["-n", ns, "get", "deploy/catalog-primary"]).is_err());
+}

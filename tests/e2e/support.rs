@@ -1,0 +1,151 @@
+//! Helpers for end-to-end tests on the local cluster (`hack/cluster.sh up`): kubectl,
+//! waiting with deadlines, and a dump of everything useful when a test fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kubeconfig() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cluster/kubeconfig"))
+}
+
+/// Runs kubectl; Ok(stdout) on success, Err(stderr) otherwise.
+pub fn kubectl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .map_err(|e| format!("running kubectl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Runs kubectl and fails the test (with a dump) on error.
+pub fn must(ns: &str, args: &[&str]) -> String {
+    match kubectl(args) {
+        Ok(out) => out,
+        Err(err) => fail(ns, &err),
+    }
+}
+
+pub fn apply_yaml(ns: &str, yaml: &str) {
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-{ns}"));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!(
+        "{}.yaml",
+        Instant::now().elapsed().as_nanos() ^ rand_u64()
+    ));
+    std::fs::write(&path, yaml).expect("write manifest");
+    must(ns, &["apply", "-f", path.to_str().expect("utf-8 path")]);
+}
+
+fn rand_u64() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it returns Some or `timeout` passes; then fails with a dump.
+pub fn wait_for<T>(
+    ns: &str,
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            fail(
+                ns,
+                &format!("timed out after {timeout:?} waiting for {what}"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+pub fn jsonpath(ns: &str, resource: &str, path: &str) -> Option<String> {
+    kubectl(&["-n", ns, "get", resource, "-o", &format!("jsonpath={path}")]).ok()
+}
+
+/// Prints the objects, events and logs that explain a failure, then panics.
+pub fn fail(ns: &str, message: &str) -> ! {
+    eprintln!("\n===== e2e failure in namespace {ns}: {message}");
+    for args in [
+        vec!["-n", ns, "get", "canary", "-o", "yaml"],
+        vec![
+            "-n",
+            ns,
+            "get",
+            "deploy,svc,pods,virtualservice,destinationrule",
+            "-o",
+            "wide",
+        ],
+        vec!["-n", ns, "get", "virtualservice", "-o", "yaml"],
+        vec![
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--sort-by=.metadata.creationTimestamp",
+        ],
+        vec!["-n", "sluice-system", "get", "pods", "-o", "wide"],
+    ] {
+        eprintln!("\n--- kubectl {}", args.join(" "));
+        match kubectl(&args) {
+            Ok(out) => eprintln!("{out}"),
+            Err(err) => eprintln!("{err}"),
+        }
+    }
+    let logs = root().join(".cluster/logs/pods");
+    if let Ok(entries) = std::fs::read_dir(&logs) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sluice-system_") || name.starts_with(&format!("{ns}_")) {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("\n--- log {name} (last 40 lines)");
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+    panic!("{message}");
+}
+
+/// A namespace deleted when the test ends, unless SLUICE_E2E_KEEP is set.
+pub struct TestNamespace(pub String);
+
+impl TestNamespace {
+    pub fn create(prefix: &str) -> Self {
+        let name = format!("{prefix}-{:x}", rand_u64() as u32);
+        kubectl(&["create", "namespace", &name]).expect("create namespace");
+        TestNamespace(name)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var_os("SLUICE_E2E_KEEP").is_none() {
+            let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
+        }
+    }
+}
