@@ -1,4 +1,5 @@
 //! sluice: progressive delivery for Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod api;
