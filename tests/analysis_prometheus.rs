@@ -151,6 +151,8 @@ struct PrometheusGuard {
     child: Child,
     dir: PathBuf,
     address: String,
+    /// Serving HTTPS with a self-signed certificate.
+    tls: bool,
 }
 
 impl Drop for PrometheusGuard {
@@ -189,11 +191,21 @@ fn start_prometheus(binary: &Path, target: SocketAddr) -> PrometheusGuard {
         ),
     )
     .unwrap();
-    std::fs::write(
-        dir.join("web.yml"),
-        format!("basic_auth_users:\n  {USERNAME}: {PASSWORD_BCRYPT}\n"),
-    )
-    .unwrap();
+    let mut web = format!("basic_auth_users:\n  {USERNAME}: {PASSWORD_BCRYPT}\n");
+    let tls = self_signed_certificate(&dir);
+    if let Some((cert, key)) = &tls {
+        web += &format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        );
+    } else {
+        loud(
+            "no `openssl` to make a certificate: Prometheus serves plain HTTP and the \
+              insecureSkipVerify checks are SKIPPED",
+        );
+    }
+    std::fs::write(dir.join("web.yml"), web).unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
     let child = Command::new(binary)
@@ -218,13 +230,51 @@ fn start_prometheus(binary: &Path, target: SocketAddr) -> PrometheusGuard {
     PrometheusGuard {
         child,
         dir,
-        address: format!("http://127.0.0.1:{port}"),
+        address: format!(
+            "{}://127.0.0.1:{port}",
+            if tls.is_some() { "https" } else { "http" }
+        ),
+        tls: tls.is_some(),
     }
 }
 
-fn provider(address: &str, auth: bool) -> PrometheusProvider {
+/// A self-signed certificate for 127.0.0.1 (cert, key), made with the openssl CLI.
+fn self_signed_certificate(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let openssl = find_on_path("openssl")?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    made.then_some((cert, key))
+}
+
+/// Straight to stderr: libtest captures eprintln! output of passing tests.
+fn loud(message: &str) {
+    let bar = "!".repeat(78);
+    let _ = writeln!(std::io::stderr(), "\n{bar}\n{message}\n{bar}\n");
+}
+
+fn provider(address: &str, auth: bool, insecure_skip_verify: bool) -> PrometheusProvider {
     let mut config = PrometheusConfig::new(address);
     config.timeout = Duration::from_secs(5);
+    config.insecure_skip_verify = insecure_skip_verify;
     if auth {
         config.auth = Some(PrometheusAuth::Basic {
             username: USERNAME.into(),
@@ -290,18 +340,16 @@ async fn builtin_metrics_through_a_real_prometheus() {
             std::env::var_os("SLUICE_REQUIRE_PROMETHEUS").is_none(),
             "{message}"
         );
-        // Straight to stderr: libtest captures eprintln! output of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n{bar}\nSKIPPED builtin_metrics_through_a_real_prometheus: {message}.\n\
-             Set SLUICE_REQUIRE_PROMETHEUS=1 to make this a failure.\n{bar}\n",
-            bar = "!".repeat(78)
-        );
+        loud(&format!(
+            "SKIPPED builtin_metrics_through_a_real_prometheus: {message}.\n\
+             Set SLUICE_REQUIRE_PROMETHEUS=1 to make this a failure."
+        ));
         return;
     };
     let target = serve_metrics().await;
     let mut guard = start_prometheus(&binary, target);
-    let prometheus = provider(&guard.address, true);
+    // With TLS, the certificate is self-signed: only insecureSkipVerify accepts it.
+    let prometheus = provider(&guard.address, true, guard.tls);
     wait_for_data(&prometheus, &mut guard).await;
 
     prometheus.is_online().await.expect("online");
@@ -354,7 +402,14 @@ async fn builtin_metrics_through_a_real_prometheus() {
     let bad = prometheus.query(&MetricQuery::PromQl("sum(".into())).await;
     assert_eq!(bad.map_err(|e| e.label()), Err("bad_query"));
 
-    let anonymous = provider(&guard.address, false);
+    if guard.tls {
+        let verifying = provider(&guard.address, true, false);
+        let err = verifying.is_online().await.unwrap_err();
+        assert_eq!(err.label(), "offline", "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
+    }
+
+    let anonymous = provider(&guard.address, false, guard.tls);
     let denied = anonymous.is_online().await;
     assert_eq!(denied.map_err(|e| e.label()), Err("unauthorized"));
 
@@ -378,7 +433,7 @@ async fn builtin_metrics_through_a_real_prometheus() {
 async fn unreachable_prometheus_is_offline() {
     // A port that was free a moment ago: nothing listens there.
     let address = format!("http://127.0.0.1:{}", free_port());
-    let prometheus = provider(&address, false);
+    let prometheus = provider(&address, false, false);
     let err = prometheus.is_online().await.unwrap_err();
     assert!(matches!(err, Error::Offline { .. }), "{err}");
     let err = prometheus

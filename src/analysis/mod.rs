@@ -120,6 +120,9 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// A Canary metric's window when `interval` is not set (as in Flagger).
+pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
+
 // === Closed sets ===
 
 /// The traffic router of a Canary; it decides which series the built-in metrics read.
@@ -262,6 +265,13 @@ mod tests {
         assert!(err.is_no_data());
         assert_eq!(err.label(), "no_data");
         assert!(!Error::BadQuery { reason: "x".into() }.is_no_data());
+    }
+
+    #[test]
+    fn providers_can_be_shared_across_tasks() {
+        fn shareable<T: Send + Sync + 'static>() {}
+        shareable::<Provider>();
+        shareable::<Error>();
     }
 
     /// The pure modules must stay free of kube and sockets (style: the core does not
