@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{
@@ -15,6 +15,7 @@ use axum::{
     routing::get,
     Router as HttpRouter,
 };
+use parking_lot::Mutex;
 use sluice::analysis::{
     BuiltinMetric, BuiltinQuery, Error, MetricQuery, MetricsProvider, Provider, Router,
     ScrapeConfig, ScrapeProvider,
@@ -30,7 +31,7 @@ async fn serve(pages: Pages) -> SocketAddr {
             "/{target}/metrics",
             get(
                 |State(pages): State<Pages>, Path(target): Path<String>| async move {
-                    let pages = pages.lock().unwrap();
+                    let pages = pages.lock();
                     pages
                         .get(&target)
                         .cloned()
@@ -104,7 +105,6 @@ fn exposition(pod: &Pod) -> String {
 fn set(pages: &Pages, target: &str, pod: &Pod) {
     pages
         .lock()
-        .unwrap()
         .insert(target.into(), (StatusCode::OK, exposition(pod)));
 }
 
@@ -136,7 +136,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     let pages: Pages = Arc::default();
     let addr = serve(pages.clone()).await;
     let url = |target: &str| format!("http://{addr}/{target}/metrics");
-    pages.lock().unwrap().insert(
+    pages.lock().insert(
         "broken".into(),
         (StatusCode::INTERNAL_SERVER_ERROR, "oops".into()),
     );
@@ -259,7 +259,7 @@ async fn provider_interface_with_the_real_clock() {
     let targets = vec![format!("http://{addr}/a/metrics")];
     let scrape = Arc::new(ScrapeProvider::new(ScrapeConfig::default()).unwrap());
     // What the controller holds: the closed provider enum.
-    let provider = Provider::Scrape(scrape.clone());
+    let provider = Provider::from(scrape.clone());
 
     let offline = provider.is_online().await.unwrap_err();
     assert_eq!(offline.label(), "offline", "never sampled: {offline}");

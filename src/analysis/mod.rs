@@ -123,6 +123,11 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 /// A Canary metric's window when `interval` is not set (as in Flagger).
 pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
 
+/// A Canary metric's `interval`, or the default when unset.
+pub fn metric_interval(interval: Option<&str>) -> Result<Duration> {
+    interval.map_or(Ok(DEFAULT_METRIC_INTERVAL), parse_duration)
+}
+
 // === Closed sets ===
 
 /// The traffic router of a Canary; it decides which series the built-in metrics read.
@@ -222,6 +227,18 @@ pub enum Provider {
     Scrape(Arc<ScrapeProvider>),
 }
 
+impl From<PrometheusProvider> for Provider {
+    fn from(provider: PrometheusProvider) -> Self {
+        Provider::Prometheus(Box::new(provider))
+    }
+}
+
+impl From<Arc<ScrapeProvider>> for Provider {
+    fn from(provider: Arc<ScrapeProvider>) -> Self {
+        Provider::Scrape(provider)
+    }
+}
+
 impl MetricsProvider for Provider {
     async fn query(&self, query: &MetricQuery) -> Result<f64> {
         match self {
@@ -265,6 +282,16 @@ mod tests {
         assert!(err.is_no_data());
         assert_eq!(err.label(), "no_data");
         assert!(!Error::BadQuery { reason: "x".into() }.is_no_data());
+    }
+
+    #[test]
+    fn metric_interval_defaults_to_a_minute() {
+        assert_eq!(metric_interval(None), Ok(Duration::from_secs(60)));
+        assert_eq!(metric_interval(Some("30s")), Ok(Duration::from_secs(30)));
+        assert_eq!(
+            metric_interval(Some("30")).unwrap_err().label(),
+            "bad_interval"
+        );
     }
 
     #[test]
