@@ -333,7 +333,11 @@ fn assert_close(got: Result<f64, Error>, want: f64, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn builtin_metrics_through_a_real_prometheus() {
-    let Some(binary) = find_on_path("prometheus") else {
+    // SLUICE_PROMETHEUS_BIN picks another build, e.g. one downloaded by other tooling.
+    let binary = std::env::var_os("SLUICE_PROMETHEUS_BIN")
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("prometheus"));
+    let Some(binary) = binary else {
         let message = "no `prometheus` on PATH; run ./hack/ensure-prometheus.sh \
                        (Debian package `prometheus`) first";
         assert!(
