@@ -1,6 +1,7 @@
 //! sluice: progressive delivery for Kubernetes.
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod api;
 pub mod controller;
 pub mod rollout;
