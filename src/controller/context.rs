@@ -74,5 +74,5 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub diagnostics: Arc<RwLock<Diagnostics>>,
     pub config: Config,
-    pub analysis: super::observe::Analysis,
+    pub analysis: super::analysis::Analysis,
 }

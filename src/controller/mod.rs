@@ -1,4 +1,5 @@
 //! The controller: observe the cluster, decide with [`crate::rollout`], apply the plan.
+pub mod analysis;
 pub mod context;
 pub mod events;
 pub mod leader;

@@ -10,9 +10,7 @@ use kube::ResourceExt;
 use super::context::Context;
 use super::workloads::{primary_name, revision_hash, REVISION_ANNOTATION};
 use crate::api::Canary;
-use crate::rollout::{
-    analysis_due, MetricError, MetricOutcome, Observed, ReleaseSpec, WorkloadState,
-};
+use crate::rollout::{analysis_due, Observed, ReleaseSpec, WorkloadState};
 
 /// The observation plus the objects the executor renders from.
 pub struct Observation {
@@ -63,6 +61,9 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
         revision,
         metrics: None,
     };
+    if canary.phase() == Some(crate::api::Phase::Progressing) {
+        ctx.analysis.sample(canary).await;
+    }
     if analysis_due(canary, now) {
         if let Ok(spec) = ReleaseSpec::from_spec(&canary.spec) {
             observed.metrics = Some(ctx.analysis.evaluate(canary, &spec).await);
@@ -72,25 +73,5 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
         observed,
         target,
         primary,
-    }
-}
-
-/// Runs a Canary's metric checks against its metrics provider.
-pub struct Analysis {
-    pub default_metrics_server: Option<String>,
-}
-
-impl Analysis {
-    pub async fn evaluate(&self, _canary: &Canary, spec: &ReleaseSpec) -> Vec<MetricOutcome> {
-        spec.metrics
-            .iter()
-            .map(|check| MetricOutcome {
-                name: check.name.clone(),
-                range: check.range,
-                value: Err(MetricError::Failed(
-                    "no metrics provider is wired into this build".into(),
-                )),
-            })
-            .collect()
     }
 }

@@ -20,9 +20,9 @@ use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
+use super::analysis::Analysis;
 use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
-use super::observe::Analysis;
 use super::reconcile::{error_policy, reconcile};
 use crate::api::istio::{DestinationRule, VirtualService};
 use crate::api::Canary;
@@ -239,9 +239,11 @@ async fn run_controller(
         metrics: state.metrics.clone(),
         diagnostics: state.diagnostics.clone(),
         config: options.config.clone(),
-        analysis: Analysis {
-            default_metrics_server: options.config.metrics_server.clone(),
-        },
+        analysis: Analysis::new(
+            client.clone(),
+            options.config.default_provider,
+            options.config.metrics_server.clone(),
+        )?,
     });
 
     let controller = Controller::new(canaries, wc.clone());

@@ -10,6 +10,4 @@ pub use decide::{
     analysis_due, decide, Event, EventType, MetricError, MetricOutcome, Observed, Plan,
     PrimaryAction, Weights, WorkloadState,
 };
-pub use spec::{
-    parse_duration, BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps,
-};
+pub use spec::{BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps};

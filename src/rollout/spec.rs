@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::analysis::parse_duration;
+pub use crate::analysis::BuiltinMetric;
 use crate::api::{
     CanaryMetric, CanarySpec, ThresholdRange, DEFAULT_INTERVAL, DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
@@ -70,31 +72,6 @@ pub enum MetricSource {
     Query(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BuiltinMetric {
-    /// Percent of requests not answered with a 5xx.
-    RequestSuccessRate,
-    /// 99th percentile of request duration in milliseconds.
-    RequestDuration,
-}
-
-impl BuiltinMetric {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "request-success-rate" => Some(BuiltinMetric::RequestSuccessRate),
-            "request-duration" => Some(BuiltinMetric::RequestDuration),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BuiltinMetric::RequestSuccessRate => "request-success-rate",
-            BuiltinMetric::RequestDuration => "request-duration",
-        }
-    }
-}
-
 /// The validated settings the decision works with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReleaseSpec {
@@ -122,8 +99,7 @@ impl ReleaseSpec {
         }
         let analysis = &spec.analysis;
         let interval = parse_duration(analysis.interval.as_deref().unwrap_or(DEFAULT_INTERVAL))
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
+            .map_err(|_| {
                 SpecError::new(
                     "spec.analysis.interval",
                     "write a positive duration in seconds or minutes, e.g. 30s or 1m",
@@ -221,14 +197,12 @@ fn metric_check(index: usize, metric: &CanaryMetric) -> Result<MetricCheck, Spec
     let field = format!("spec.analysis.metrics[{index}]");
     let interval = match metric.interval.as_deref() {
         None => Duration::from_secs(60),
-        Some(text) => parse_duration(text)
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| {
-                SpecError::new(
-                    format!("{field}.interval"),
-                    "write a duration such as 30s or 1m",
-                )
-            })?,
+        Some(text) => parse_duration(text).map_err(|_| {
+            SpecError::new(
+                format!("{field}.interval"),
+                "write a duration such as 30s or 1m",
+            )
+        })?,
     };
     let source = if let Some(template) = &metric.template_ref {
         MetricSource::Template {
@@ -237,7 +211,7 @@ fn metric_check(index: usize, metric: &CanaryMetric) -> Result<MetricCheck, Spec
         }
     } else if let Some(query) = &metric.query {
         MetricSource::Query(query.clone())
-    } else if let Some(builtin) = BuiltinMetric::from_name(&metric.name) {
+    } else if let Ok(builtin) = metric.name.parse::<BuiltinMetric>() {
         MetricSource::Builtin(builtin)
     } else {
         return Err(SpecError::new(
@@ -290,62 +264,9 @@ fn metric_check(index: usize, metric: &CanaryMetric) -> Result<MetricCheck, Spec
     })
 }
 
-/// Parses Go-style durations as Flagger accepts them: `500ms`, `30s`, `1m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        if digits == 0 {
-            return None;
-        }
-        let value: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
-            _ => return None,
-        };
-        total += Duration::try_from_secs_f64(seconds).ok()?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        let cases = [
-            ("45s", Some(45_000)),
-            ("1m", Some(60_000)),
-            ("1h30m", Some(5_400_000)),
-            ("500ms", Some(500)),
-            ("1.5s", Some(1_500)),
-            ("", None),
-            ("s", None),
-            ("10", None),
-            ("10x", None),
-            ("-1s", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(
-                parse_duration(text).map(|d| d.as_millis() as u64),
-                want,
-                "{text:?}"
-            );
-        }
-    }
 
     #[test]
     fn step_math() {

@@ -1,0 +1,252 @@
+//! Runs a Canary's metric checks: picks the provider for each check (the Canary's or the
+//! controller's Prometheus, a MetricTemplate's provider, or the built-in scrape of the
+//! sluice routers), renders the query and turns the answer into a [`MetricOutcome`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use parking_lot::Mutex;
+
+use crate::analysis::{
+    self, BuiltinQuery, MetricQuery, MetricsProvider, PrometheusAuth, PrometheusConfig,
+    PrometheusProvider, Router, ScrapeConfig, ScrapeProvider, TemplateVars,
+};
+use crate::api::{Canary, MetricTemplate, RouterKind};
+use crate::rollout::{MetricCheck, MetricError, MetricOutcome, MetricSource, ReleaseSpec};
+
+/// Label of the sluice-proxy router pods in a namespace.
+pub const ROUTER_SELECTOR: &str = "app.kubernetes.io/name=sluice-router";
+/// Port of sluice-proxy's admin server (metrics) when the pod does not annotate one.
+pub const ROUTER_METRICS_PORT: u16 = 15020;
+
+pub struct Analysis {
+    client: Client,
+    default_provider: RouterKind,
+    default_metrics_server: Option<String>,
+    scrape: Arc<ScrapeProvider>,
+    /// Providers without credentials, by address, so the HTTP client is reused.
+    prometheus: Mutex<HashMap<String, Arc<PrometheusProvider>>>,
+}
+
+impl Analysis {
+    pub fn new(
+        client: Client,
+        default_provider: RouterKind,
+        default_metrics_server: Option<String>,
+    ) -> Result<Self, analysis::Error> {
+        Ok(Analysis {
+            client,
+            default_provider,
+            default_metrics_server,
+            scrape: Arc::new(ScrapeProvider::new(ScrapeConfig::default())?),
+            prometheus: Mutex::default(),
+        })
+    }
+
+    fn router(&self, canary: &Canary) -> Router {
+        match canary.spec.provider.unwrap_or(self.default_provider) {
+            RouterKind::Istio => Router::Istio,
+            RouterKind::Sluice => Router::Sluice,
+        }
+    }
+
+    /// Prometheus address for built-in metrics, if any.
+    fn metrics_server(&self, canary: &Canary) -> Option<String> {
+        canary
+            .spec
+            .metrics_server
+            .clone()
+            .or_else(|| self.default_metrics_server.clone())
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Records a sample of the router metrics when the built-in scrape serves this
+    /// Canary, so that the next check has a window to measure over.
+    pub async fn sample(&self, canary: &Canary) {
+        if self.metrics_server(canary).is_some() || self.router(canary) != Router::Sluice {
+            return;
+        }
+        match self.router_metrics_urls(canary).await {
+            Ok(urls) => {
+                let report = self.scrape.sample(&urls).await;
+                for (url, err) in report.failed {
+                    tracing::debug!(%url, error = %err, "router metrics sample failed");
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "listing router pods"),
+        }
+    }
+
+    pub async fn evaluate(&self, canary: &Canary, spec: &ReleaseSpec) -> Vec<MetricOutcome> {
+        let mut outcomes = Vec::with_capacity(spec.metrics.len());
+        for check in &spec.metrics {
+            let value = self.run(canary, check).await.map_err(|err| match err {
+                err if err.is_no_data() => MetricError::NoData(err.to_string()),
+                err => MetricError::Failed(err.to_string()),
+            });
+            outcomes.push(MetricOutcome {
+                name: check.name.clone(),
+                range: check.range,
+                value,
+            });
+        }
+        outcomes
+    }
+
+    async fn run(&self, canary: &Canary, check: &MetricCheck) -> Result<f64, analysis::Error> {
+        let ns = canary.namespace().unwrap_or_default();
+        match &check.source {
+            MetricSource::Builtin(metric) => {
+                let query = BuiltinQuery {
+                    router: self.router(canary),
+                    metric: *metric,
+                    namespace: ns,
+                    workload: canary.spec.target_ref.name.clone(),
+                    interval: check.interval,
+                };
+                match self.metrics_server(canary) {
+                    Some(address) => {
+                        self.prometheus_for(&address)?
+                            .query(&MetricQuery::Builtin(query))
+                            .await
+                    }
+                    None if query.router == Router::Sluice => {
+                        self.scrape.query(&MetricQuery::Builtin(query)).await
+                    }
+                    None => Err(analysis::Error::BadConfig {
+                        reason: "built-in metrics of provider istio need a Prometheus: set spec.metricsServer or the controller's --metrics-server".into(),
+                    }),
+                }
+            }
+            MetricSource::Query(query) => {
+                let address =
+                    self.metrics_server(canary)
+                        .ok_or_else(|| analysis::Error::BadConfig {
+                            reason: "an inline query needs a Prometheus: set spec.metricsServer"
+                                .into(),
+                        })?;
+                let promql = analysis::render_template(query, &self.vars(canary, check))?;
+                self.prometheus_for(&address)?.query_promql(&promql).await
+            }
+            MetricSource::Template { name, namespace } => {
+                let template_ns = namespace.clone().unwrap_or(ns);
+                let api: Api<MetricTemplate> = Api::namespaced(self.client.clone(), &template_ns);
+                let template = api
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| analysis::Error::BadConfig {
+                        reason: format!("reading MetricTemplate {template_ns}/{name}: {e}"),
+                    })?
+                    .ok_or_else(|| analysis::Error::BadConfig {
+                        reason: format!("MetricTemplate {template_ns}/{name} not found"),
+                    })?;
+                let provider = &template.spec.provider;
+                let address = provider
+                    .address
+                    .clone()
+                    .or_else(|| self.metrics_server(canary))
+                    .ok_or_else(|| analysis::Error::BadConfig {
+                        reason: format!(
+                            "MetricTemplate {template_ns}/{name} has no provider.address and no metrics server is set"
+                        ),
+                    })?;
+                let auth = match &provider.secret_ref {
+                    Some(secret) => Some(self.auth_from_secret(&template_ns, &secret.name).await?),
+                    None => None,
+                };
+                let promql =
+                    analysis::render_template(&template.spec.query, &self.vars(canary, check))?;
+                let uses_plain_client = auth.is_none()
+                    && provider.headers.is_empty()
+                    && !provider.insecure_skip_verify.unwrap_or(false);
+                let prom = if uses_plain_client {
+                    self.prometheus_for(&address)?
+                } else {
+                    let mut config = PrometheusConfig::new(address);
+                    config.auth = auth;
+                    config.headers = provider.headers.clone();
+                    config.insecure_skip_verify = provider.insecure_skip_verify.unwrap_or(false);
+                    Arc::new(PrometheusProvider::new(config)?)
+                };
+                prom.query_promql(&promql).await
+            }
+        }
+    }
+
+    fn vars(&self, canary: &Canary, check: &MetricCheck) -> TemplateVars {
+        TemplateVars {
+            name: canary.name_any(),
+            namespace: canary.namespace().unwrap_or_default(),
+            target: canary.spec.target_ref.name.clone(),
+            service: canary.service_name().to_string(),
+            interval: check.interval,
+            variables: canary
+                .spec
+                .analysis
+                .metrics
+                .iter()
+                .find(|m| m.name == check.name)
+                .map(|m| m.template_variables.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    fn prometheus_for(&self, address: &str) -> Result<Arc<PrometheusProvider>, analysis::Error> {
+        let mut cache = self.prometheus.lock();
+        if let Some(p) = cache.get(address) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(PrometheusProvider::new(PrometheusConfig::new(address))?);
+        cache.insert(address.to_string(), p.clone());
+        Ok(p)
+    }
+
+    /// Basic auth from `username`/`password`, or a bearer `token`.
+    async fn auth_from_secret(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<PrometheusAuth, analysis::Error> {
+        let bad = |reason: String| analysis::Error::BadConfig { reason };
+        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| bad(format!("reading Secret {ns}/{name}: {e}")))?
+            .ok_or_else(|| bad(format!("Secret {ns}/{name} not found")))?;
+        let data = secret.data.unwrap_or_default();
+        let field = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+        };
+        match (field("username"), field("password"), field("token")) {
+            (Some(username), Some(password), _) => Ok(PrometheusAuth::Basic { username, password }),
+            (_, _, Some(token)) => Ok(PrometheusAuth::Bearer { token }),
+            _ => Err(bad(format!(
+                "Secret {ns}/{name} needs username and password, or token"
+            ))),
+        }
+    }
+
+    async fn router_metrics_urls(&self, canary: &Canary) -> Result<Vec<String>, kube::Error> {
+        let ns = canary.namespace().unwrap_or_default();
+        let pods = Api::<Pod>::namespaced(self.client.clone(), &ns)
+            .list(&ListParams::default().labels(ROUTER_SELECTOR))
+            .await?;
+        Ok(pods
+            .items
+            .iter()
+            .filter_map(|p| {
+                let ip = p.status.as_ref()?.pod_ip.clone()?;
+                let port = p
+                    .annotations()
+                    .get("prometheus.io/port")
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .unwrap_or(ROUTER_METRICS_PORT);
+                Some(format!("http://{ip}:{port}/metrics"))
+            })
+            .collect())
+    }
+}
