@@ -39,6 +39,8 @@ const LEASE_SECONDS: i32 = 40;
 const HEARTBEAT: Duration = Duration::from_secs(10);
 const TICK: Duration = Duration::from_millis(500);
 const TOKEN_SECONDS: i64 = 24 * 3600;
+/// Pod tokens are re-issued well before they expire.
+const TOKEN_REFRESH: Duration = Duration::from_secs(3600);
 
 /// How pods are "run".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +153,7 @@ struct PodRuntime {
     net: Option<PodNetNames>,
     dir: PathBuf,
     kubeconfig: Option<PathBuf>,
+    token_written: Option<Instant>,
     containers: Vec<ContainerRuntime>,
     start_time: Timestamp,
     /// When SIGTERM was sent, and the grace period before SIGKILL.
@@ -536,6 +539,7 @@ impl Agent {
             net: None,
             dir,
             kubeconfig: None,
+            token_written: None,
             containers,
             start_time: Timestamp::now(),
             terminating: None,
@@ -565,7 +569,8 @@ impl Agent {
         Ok(runtime)
     }
 
-    /// Writes a kubeconfig with a bound token of the pod's ServiceAccount.
+    /// Writes a kubeconfig referring to a file with a bound token of the pod's
+    /// ServiceAccount (also called to refresh that token).
     async fn write_pod_kubeconfig(
         &self,
         pod: &Pod,
@@ -602,13 +607,19 @@ impl Agent {
             .status
             .map(|s| s.token)
             .ok_or_else(|| anyhow::anyhow!("TokenRequest returned no token"))?;
+        let token_path = runtime.dir.join("token");
+        let staged = runtime.dir.join("token.tmp");
+        std::fs::write(&staged, token)?;
+        std::fs::rename(&staged, &token_path)?;
         let kubeconfig = json!({
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "sluice-local", "cluster": {
                 "server": format!("https://{}:{}", self.config.gateway(), self.config.apiserver_port),
                 "certificate-authority": self.config.ca_file.display().to_string(),
             }}],
-            "users": [{"name": account, "user": {"token": token}}],
+            // A token file, not an inline token: clients re-read it, so refreshing
+            // the file keeps long-running pods authenticated.
+            "users": [{"name": account, "user": {"tokenFile": token_path.display().to_string()}}],
             "contexts": [{"name": "pod", "context": {
                 "cluster": "sluice-local", "user": account, "namespace": runtime.namespace,
             }}],
@@ -639,9 +650,21 @@ impl Agent {
             }
         } else if !runtime.finished {
             let wants_token = spec.automount_service_account_token != Some(false);
+            let token_stale = runtime
+                .token_written
+                .is_none_or(|at| at.elapsed() >= TOKEN_REFRESH);
+            if wants_token && runtime.kubeconfig.is_some() && token_stale {
+                match self.write_pod_kubeconfig(pod, runtime).await {
+                    Ok(_) => runtime.token_written = Some(Instant::now()),
+                    Err(e) => warn!(pod = %runtime.key(), "refreshing the pod's token: {e:#}"),
+                }
+            }
             if wants_token && runtime.kubeconfig.is_none() {
                 match self.write_pod_kubeconfig(pod, runtime).await {
-                    Ok(path) => runtime.kubeconfig = Some(path),
+                    Ok(path) => {
+                        runtime.kubeconfig = Some(path);
+                        runtime.token_written = Some(Instant::now());
+                    }
                     Err(e) => {
                         for c in &mut runtime.containers {
                             c.state = RunState::Waiting {
