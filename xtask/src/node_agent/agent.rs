@@ -111,7 +111,9 @@ struct ContainerRuntime {
     next_start: Instant,
     ever_started: bool,
     ready: Arc<AtomicBool>,
-    probe_task: Option<JoinHandle<()>>,
+    /// Cleared by a failing liveness probe; the container is then killed and restarted.
+    live: Arc<AtomicBool>,
+    probe_tasks: Vec<JoinHandle<()>>,
 }
 
 impl ContainerRuntime {
@@ -129,12 +131,13 @@ impl ContainerRuntime {
             next_start: Instant::now(),
             ever_started: false,
             ready: Arc::new(AtomicBool::new(false)),
-            probe_task: None,
+            live: Arc::new(AtomicBool::new(true)),
+            probe_tasks: Vec::new(),
         }
     }
 
     fn stop_probe(&mut self) {
-        if let Some(task) = self.probe_task.take() {
+        for task in self.probe_tasks.drain(..) {
             task.abort();
         }
         self.ready.store(false, Ordering::Relaxed);
@@ -747,6 +750,12 @@ impl Agent {
                 Ok(None) => None,
                 Err(_) => Some(-1),
             };
+            if exited.is_none() && !container.live.load(Ordering::Relaxed) {
+                if let Some(pid) = container.pid {
+                    warn!(pod = %format!("{}/{}", runtime.namespace, runtime.name), container = %container.spec.name, "liveness probe failed: killing the container");
+                    containers::signal_group(pid, libc::SIGKILL);
+                }
+            }
             if let Some(code) = exited {
                 container.child = None;
                 container.stop_probe();
@@ -837,22 +846,42 @@ impl Agent {
                 };
                 info!(pod = %key, container = %container.spec.name, pid = ?container.pid, program = %launch.program.display(), "container started");
                 container.ready.store(false, Ordering::Relaxed);
-                match container
-                    .spec
+                container.live = Arc::new(AtomicBool::new(true));
+                let target = ProbeTarget {
+                    ip: IpAddr::V4(pod_ip),
+                    netns: launch.netns.clone(),
+                };
+                let spec = &container.spec;
+                match spec
                     .readiness_probe
                     .as_ref()
-                    .map(|p| ProbeSpec::from_container(p, &container.spec))
+                    .map(|p| ProbeSpec::from_container(p, spec))
                 {
                     None => container.ready.store(true, Ordering::Relaxed),
-                    Some(Ok(probe)) => {
-                        container.probe_task = Some(tokio::spawn(run_probe(
-                            probe,
-                            IpAddr::V4(pod_ip),
-                            container.ready.clone(),
-                        )));
-                    }
+                    Some(Ok(probe)) => container.probe_tasks.push(tokio::spawn(run_probe(
+                        probe,
+                        target.clone(),
+                        ProbeKind::Readiness,
+                        container.ready.clone(),
+                    ))),
                     Some(Err(e)) => {
-                        warn!(pod = %key, container = %container.spec.name, "readiness probe ignored, never ready: {e}")
+                        warn!(pod = %key, container = %spec.name, "readiness probe ignored, never ready: {e}")
+                    }
+                }
+                match spec
+                    .liveness_probe
+                    .as_ref()
+                    .map(|p| ProbeSpec::from_container(p, spec))
+                {
+                    None => {}
+                    Some(Ok(probe)) => container.probe_tasks.push(tokio::spawn(run_probe(
+                        probe,
+                        target,
+                        ProbeKind::Liveness,
+                        container.live.clone(),
+                    ))),
+                    Some(Err(e)) => {
+                        warn!(pod = %key, container = %spec.name, "liveness probe ignored: {e}")
                     }
                 }
             }
@@ -1213,24 +1242,41 @@ fn field_value(pod: &Pod, runtime: &PodRuntime, host_ip: Ipv4Addr, path: &str) -
     Some(value)
 }
 
-/// Runs a readiness probe until aborted, publishing the result in `ready`.
-async fn run_probe(probe: ProbeSpec, ip: IpAddr, ready: Arc<AtomicBool>) {
+#[derive(Debug, Clone)]
+struct ProbeTarget {
+    ip: IpAddr,
+    netns: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ProbeKind {
+    Readiness,
+    Liveness,
+}
+
+/// Runs a probe until aborted. Readiness publishes its current verdict in `flag`;
+/// liveness clears `flag` once after `failure_threshold` failures and stops.
+async fn run_probe(probe: ProbeSpec, target: ProbeTarget, kind: ProbeKind, flag: Arc<AtomicBool>) {
     tokio::time::sleep(probe.initial_delay).await;
     let (mut successes, mut failures) = (0u32, 0u32);
     loop {
-        match probe.check(ip).await {
+        match probe.check(target.ip, target.netns.as_deref()).await {
             Ok(()) => {
                 successes += 1;
                 failures = 0;
                 if successes >= probe.success_threshold {
-                    ready.store(true, Ordering::Relaxed);
+                    flag.store(true, Ordering::Relaxed);
                 }
             }
-            Err(_) => {
+            Err(reason) => {
                 failures += 1;
                 successes = 0;
                 if failures >= probe.failure_threshold {
-                    ready.store(false, Ordering::Relaxed);
+                    flag.store(false, Ordering::Relaxed);
+                    if matches!(kind, ProbeKind::Liveness) {
+                        info!(%reason, "liveness probe failed {failures} times");
+                        return;
+                    }
                 }
             }
         }

@@ -14,7 +14,7 @@ pub enum ProbeSpecError {
     UnknownPortName(String),
     #[error("probe port {0} is out of range")]
     BadPort(i32),
-    #[error("only httpGet and tcpSocket probes are supported")]
+    #[error("only httpGet, tcpSocket and exec (with a command) probes are supported")]
     Unsupported,
 }
 
@@ -27,6 +27,10 @@ pub enum ProbeAction {
     },
     TcpSocket {
         port: u16,
+    },
+    /// A command run inside the pod's network namespace; exit 0 is success.
+    Exec {
+        command: Vec<String>,
     },
 }
 
@@ -87,6 +91,12 @@ impl ProbeSpec {
             ProbeAction::TcpSocket {
                 port: resolve_port(&tcp.port, ports)?,
             }
+        } else if let Some(exec) = &probe.exec {
+            let command = exec.command.clone().unwrap_or_default();
+            if command.is_empty() {
+                return Err(ProbeSpecError::Unsupported);
+            }
+            ProbeAction::Exec { command }
         } else {
             return Err(ProbeSpecError::Unsupported);
         };
@@ -100,16 +110,45 @@ impl ProbeSpec {
         })
     }
 
-    /// One attempt: Ok on success, Err with the reason otherwise.
-    pub async fn check(&self, ip: IpAddr) -> Result<(), String> {
-        match tokio::time::timeout(self.timeout, self.attempt(ip)).await {
+    /// One attempt against the pod at `ip` (whose namespace is `netns`, for exec
+    /// probes): Ok on success, Err with the reason otherwise.
+    pub async fn check(&self, ip: IpAddr, netns: Option<&str>) -> Result<(), String> {
+        match tokio::time::timeout(self.timeout, self.attempt(ip, netns)).await {
             Ok(result) => result,
             Err(_) => Err(format!("timed out after {:?}", self.timeout)),
         }
     }
 
-    async fn attempt(&self, ip: IpAddr) -> Result<(), String> {
+    async fn attempt(&self, ip: IpAddr, netns: Option<&str>) -> Result<(), String> {
         match &self.action {
+            ProbeAction::Exec { command } => {
+                let mut cmd = match netns {
+                    Some(netns) => {
+                        let mut c = tokio::process::Command::new("ip");
+                        c.args(["netns", "exec", netns]).args(command);
+                        c
+                    }
+                    None => {
+                        let mut c = tokio::process::Command::new(&command[0]);
+                        c.args(&command[1..]);
+                        c
+                    }
+                };
+                let status = cmd
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    // A timed-out probe must not leave its command running.
+                    .kill_on_drop(true)
+                    .status()
+                    .await
+                    .map_err(|e| format!("exec {}: {e}", command[0]))?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("exec probe {command:?} failed: {status}"))
+                }
+            }
             ProbeAction::TcpSocket { port } => TcpStream::connect(SocketAddr::new(ip, *port))
                 .await
                 .map(|_| ())
@@ -220,6 +259,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn exec_probe_uses_the_exit_status() {
+        let probe = |command: &[&str]| ProbeSpec {
+            action: ProbeAction::Exec {
+                command: command.iter().map(|c| c.to_string()).collect(),
+            },
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 1,
+            failure_threshold: 1,
+        };
+        let ip: IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(probe(&["/bin/true"]).check(ip, None).await, Ok(()));
+        assert!(probe(&["/bin/false"]).check(ip, None).await.is_err());
+        let slow = probe(&["/bin/sleep", "5"]).check(ip, None).await;
+        assert!(slow.expect_err("times out").contains("timed out"));
+    }
+
+    #[tokio::test]
     async fn http_probe_reads_status_from_a_live_server() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -247,8 +305,8 @@ mod tests {
             failure_threshold: 1,
         };
         let ip: IpAddr = "127.0.0.1".parse().expect("ip");
-        assert_eq!(spec.check(ip).await, Ok(()));
-        let failed = spec.check(ip).await.expect_err("500 fails the probe");
+        assert_eq!(spec.check(ip, None).await, Ok(()));
+        let failed = spec.check(ip, None).await.expect_err("500 fails the probe");
         assert!(failed.contains("500"), "{failed}");
     }
 }
