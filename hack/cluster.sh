@@ -2,7 +2,7 @@
 # A real local Kubernetes control plane (etcd, kube-apiserver, controller-manager,
 # scheduler), our node agent running pods as processes in network namespaces, and
 # Prometheus. See docs/local-cluster.md.
-#   hack/cluster.sh up|down|status|reset|env
+#   hack/cluster.sh up|down|status|reset|env|logs [ns/]pod [container]
 source "$(dirname "$0")/lib.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
@@ -351,11 +351,25 @@ cmd_env() {
   printf 'export SLUICE_PROMETHEUS_URL=http://127.0.0.1:%s\n' "$PROMETHEUS_PORT"
 }
 
+# Container logs live in files (there is no kubelet API for `kubectl logs`).
+cmd_logs() {
+  local target=${1:-} container=${2:-} ns pod files
+  [ -n "$target" ] || die "usage: hack/cluster.sh logs [namespace/]pod [container] (add -f via LOGS_FOLLOW=1)"
+  if [[ $target == */* ]]; then ns=${target%%/*}; pod=${target#*/}; else ns=default; pod=$target; fi
+  shopt -s nullglob
+  local pattern="${ns}_${pod}_${container:-*}.log"
+  # shellcheck disable=SC2206 # the pattern is meant to glob
+  files=("$LOGS"/pods/$pattern)
+  [ ${#files[@]} -gt 0 ] || die "no logs for $ns/$pod${container:+/$container} in $LOGS/pods/"
+  if [ -n "${LOGS_FOLLOW:-}" ]; then tail -n 50 -f "${files[@]}"; else tail -n "${LOGS_TAIL:-200}" "${files[@]}"; fi
+}
+
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   reset) cmd_down; log "removing $STATE"; rm -rf "$STATE" ;;
   env) cmd_env ;;
-  *) die "usage: hack/cluster.sh up|down|status|reset|env" ;;
+  logs) shift; cmd_logs "$@" ;;
+  *) die "usage: hack/cluster.sh up|down|status|reset|env|logs" ;;
 esac
