@@ -174,6 +174,10 @@ ensure_pki() {
   issue_cert admin "/O=system:masters/CN=kubernetes-admin"
   issue_cert controller-manager "/CN=system:kube-controller-manager"
   issue_cert scheduler "/CN=system:kube-scheduler"
+  # `kubectl logs`: the apiserver calls the node agent's kubelet API with this client cert.
+  issue_cert apiserver-kubelet-client "/CN=kube-apiserver-kubelet-client"
+  issue_cert kubelet "/CN=$NODE_NAME" "$(printf '%s\n' \
+    'extendedKeyUsage=serverAuth' "subjectAltName=IP:$BRIDGE_IP,DNS:$NODE_NAME")"
   if [ ! -f "$PKI/sa.key" ]; then
     openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
     openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -273,6 +277,9 @@ cmd_up() {
     --service-account-signing-key-file "$PKI/sa.key" \
     --authorization-mode Node,RBAC \
     --endpoint-reconciler-type none \
+    --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$PKI/apiserver-kubelet-client.key" \
+    --kubelet-preferred-address-types InternalIP \
     --allow-privileged=true --profiling=false
   wait_for kube-apiserver "$READY_TIMEOUT" apiserver_ready
 
@@ -301,7 +308,8 @@ cmd_up() {
       --kubeconfig "$KUBECONFIG_ADMIN" --node-name "$NODE_NAME" \
       --images "$ROOT/hack/cluster/images.yaml" --repo-root "$ROOT" --state-dir "$STATE" \
       --pod-cidr "$POD_CIDR" --bridge "$BRIDGE" --apiserver-port "$APISERVER_PORT" \
-      --ca-file "$PKI/ca.crt"
+      --ca-file "$PKI/ca.crt" \
+      --kubelet-cert "$PKI/kubelet.crt" --kubelet-key "$PKI/kubelet.key" --kubelet-client-ca "$PKI/ca.crt"
   fi
   wait_for node-agent 90 node_ready
 
@@ -351,7 +359,7 @@ cmd_env() {
   printf 'export SLUICE_PROMETHEUS_URL=http://127.0.0.1:%s\n' "$PROMETHEUS_PORT"
 }
 
-# Container logs live in files (there is no kubelet API for `kubectl logs`).
+# Reads container log files directly (`kubectl logs` also works, through the agent).
 cmd_logs() {
   local target=${1:-} container=${2:-} ns pod files
   [ -n "$target" ] || die "usage: hack/cluster.sh logs [namespace/]pod [container] (add -f via LOGS_FOLLOW=1)"

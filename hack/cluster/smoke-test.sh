@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end check of the local cluster: a 2-replica Deployment of the test image runs
 # as processes in pod network namespaces, serves HTTP on its pod IPs, is listed in an
-# EndpointSlice and discovered by Prometheus, and scaling to 0 stops the processes.
+# EndpointSlice and discovered by Prometheus, `kubectl logs` works, and scaling to 0
+# stops the processes.
 # Leaves the cluster as it found it (stopped clusters are stopped again).
 source "$(dirname "$0")/../lib.sh"
 
@@ -104,6 +105,9 @@ fi
 for ip in "${IPS[@]}"; do
   check "HTTP 200 from pod $ip" eventually curl -fsS --max-time 2 -o /dev/null "http://$ip:8080/"
 done
+
+logs_show_requests() { kubectl logs -n "$NS" deployment/web --tail=20 | grep -q '"GET / HTTP/1.1" 200'; }
+check "kubectl logs shows the served requests" eventually logs_show_requests
 
 slice_lists_pods() {
   local listed

@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use xtask::node_agent::agent::{Agent, AgentConfig, RunMode};
 use xtask::node_agent::images::ImageMap;
+use xtask::node_agent::kubelet_api::KubeletApiConfig;
 use xtask::node_agent::network::Ipv4Cidr;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -47,6 +48,17 @@ struct Args {
     ca_file: PathBuf,
     #[arg(long, default_value_t = 250)]
     max_pods: u32,
+    /// Serving certificate for the kubelet API (`kubectl logs`); with --kubelet-key
+    /// and --kubelet-client-ca it is served on the bridge address.
+    #[arg(long, requires_all = ["kubelet_key", "kubelet_client_ca"])]
+    kubelet_cert: Option<PathBuf>,
+    #[arg(long)]
+    kubelet_key: Option<PathBuf>,
+    /// CA of the apiserver's kubelet client certificate.
+    #[arg(long)]
+    kubelet_client_ca: Option<PathBuf>,
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
 }
 
 #[tokio::main]
@@ -70,6 +82,20 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let client = kube::Client::try_from(client_config)?;
+    let pod_cidr = args.pod_cidr;
+    let kubelet_api = match (args.kubelet_cert, args.kubelet_key, args.kubelet_client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(KubeletApiConfig {
+            listen: std::net::SocketAddr::from((
+                std::net::Ipv4Addr::from(pod_cidr.network() + 1),
+                args.kubelet_port,
+            )),
+            cert,
+            key,
+            client_ca,
+            logs_dir: absolute(args.state_dir.clone())?.join("logs/pods"),
+        }),
+        _ => None,
+    };
     let config = AgentConfig {
         node_name: args.node_name,
         mode: match args.mode {
@@ -83,6 +109,7 @@ async fn main() -> anyhow::Result<()> {
         apiserver_port: args.apiserver_port,
         ca_file: absolute(args.ca_file)?,
         max_pods: args.max_pods,
+        kubelet_api,
     };
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use super::containers::{self, LaunchSpec};
 use super::images::{ImageMap, ImageRef};
+use super::kubelet_api::{self, KubeletApiConfig};
 use super::network::{self, IpAllocator, Ipv4Cidr, PodNetNames};
 use super::probe::ProbeSpec;
 
@@ -65,6 +66,8 @@ pub struct AgentConfig {
     pub apiserver_port: u16,
     pub ca_file: PathBuf,
     pub max_pods: u32,
+    /// Serves `kubectl logs` when set (processes mode only).
+    pub kubelet_api: Option<KubeletApiConfig>,
 }
 
 impl AgentConfig {
@@ -246,6 +249,10 @@ impl Agent {
             .await?;
         }
         std::fs::create_dir_all(self.config.state_dir.join("logs/pods"))?;
+        let kubelet_api_task = match (&self.config.kubelet_api, self.config.mode) {
+            (Some(api), RunMode::Processes) => Some(kubelet_api::spawn(api.clone()).await?),
+            _ => None,
+        };
         std::fs::create_dir_all(self.config.state_dir.join("pods"))?;
 
         self.register_node(true).await?;
@@ -287,8 +294,19 @@ impl Agent {
         }
         info!("shutting down: stopping pods and removing their network namespaces");
         watch_task.abort();
+        if let Some(task) = kubelet_api_task {
+            task.abort();
+        }
         self.shutdown().await;
         Ok(())
+    }
+
+    /// The kubelet API port advertised in the Node status (0: none served).
+    fn kubelet_port(&self) -> u16 {
+        match (&self.config.kubelet_api, self.config.mode) {
+            (Some(api), RunMode::Processes) => api.listen.port(),
+            _ => 0,
+        }
     }
 
     async fn remove_stale_namespaces(&self) {
@@ -387,6 +405,7 @@ impl Agent {
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
             ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_port()}},
             "nodeInfo": {
                 "machineID": "sluice", "systemUUID": "sluice", "bootID": "sluice",
                 "kernelVersion": "", "osImage": "sluice local processes",

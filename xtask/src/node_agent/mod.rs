@@ -3,5 +3,6 @@
 pub mod agent;
 pub mod containers;
 pub mod images;
+pub mod kubelet_api;
 pub mod network;
 pub mod probe;
