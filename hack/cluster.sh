@@ -31,6 +31,9 @@ READY_TIMEOUT=${SLUICE_READY_TIMEOUT:-120}
 
 # Components in start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler node-agent prometheus)
+# Optional (SLUICE_FAKE_NODE=1 at `up`): a second agent in fake mode for scale tests.
+OPTIONAL_COMPONENTS=(fake-node-agent)
+FAKE_NODE_NAME=${SLUICE_FAKE_NODE_NAME:-sluice-fake-0}
 
 pid_of() { cat "$PIDS/$1.pid" 2>/dev/null || true; }
 running() {
@@ -192,10 +195,12 @@ apiserver_ready() {
     "https://127.0.0.1:$APISERVER_PORT/readyz" | grep -q '^ok$'
 }
 
+# Ready condition posted and the node lifecycle controller's not-ready taint gone.
 node_ready() {
-  [ "$(kubectl --kubeconfig "$KUBECONFIG_ADMIN" get node "$NODE_NAME" \
+  local node=${1:-$NODE_NAME}
+  [ "$(kubectl --kubeconfig "$KUBECONFIG_ADMIN" get node "$node" \
     -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ] &&
-    ! kubectl --kubeconfig "$KUBECONFIG_ADMIN" get node "$NODE_NAME" -o 'jsonpath={.spec.taints}' |
+    ! kubectl --kubeconfig "$KUBECONFIG_ADMIN" get node "$node" -o 'jsonpath={.spec.taints}' |
       grep -q not-ready
 }
 
@@ -312,6 +317,13 @@ cmd_up() {
       --kubelet-cert "$PKI/kubelet.crt" --kubelet-key "$PKI/kubelet.key" --kubelet-client-ca "$PKI/ca.crt"
   fi
   wait_for node-agent 90 node_ready
+  if [ -n "${SLUICE_FAKE_NODE:-}" ]; then
+    start_component fake-node-agent "$ROOT/target/debug/sluice-node-agent" --mode fake \
+      --kubeconfig "$KUBECONFIG_ADMIN" --node-name "$FAKE_NODE_NAME" --max-pods 5000 \
+      --images "$ROOT/hack/cluster/images.yaml" --repo-root "$ROOT" --state-dir "$STATE" \
+      --pod-cidr "$POD_CIDR"
+    wait_for fake-node-agent 60 node_ready "$FAKE_NODE_NAME"
+  fi
 
   write_prometheus_config
   start_component prometheus "$PROMETHEUS_BIN" --config.file "$STATE/prometheus/prometheus.yml" \
@@ -324,7 +336,8 @@ cmd_up() {
 
 cmd_down() {
   local i
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop_component "${COMPONENTS[$i]}"; done
+  local all=("${COMPONENTS[@]:0:4}" node-agent "${OPTIONAL_COMPONENTS[@]}" prometheus)
+  for ((i = ${#all[@]} - 1; i >= 0; i--)); do stop_component "${all[$i]}"; done
   # The agent removes its namespaces and bridge on exit; this catches a crashed one.
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^sluice-/ {print $1}'); do
@@ -345,6 +358,10 @@ cmd_status() {
       printf '%-26s stopped\n' "$name"
       rc=1
     fi
+  done
+  for name in "${OPTIONAL_COMPONENTS[@]}"; do
+    [ -f "$PIDS/$name.pid" ] || continue
+    if running "$name"; then printf '%-26s running  pid %s\n' "$name" "$(pid_of "$name")"; else printf '%-26s stopped\n' "$name"; fi
   done
   printf 'kubeconfig  %s\napiserver   https://127.0.0.1:%s (pods: https://%s:%s)\nprometheus  http://127.0.0.1:%s\n' \
     "$KUBECONFIG_ADMIN" "$APISERVER_PORT" "$BRIDGE_IP" "$APISERVER_PORT" "$PROMETHEUS_PORT"
