@@ -227,7 +227,7 @@ pub async fn setup_pod_netns(
 ) -> Result<(), NetworkError> {
     // Start clean so a half-made namespace from a crash never blocks a pod.
     teardown_pod_netns(names).await;
-    let peer = format!("{}p", &names.host_veth[..names.host_veth.len().min(14)]);
+    let peer = format!("{}p", names.host_veth.chars().take(14).collect::<String>());
     ip(&["netns", "add", &names.netns]).await?;
     ip(&[
         "link",

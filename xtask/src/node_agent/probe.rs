@@ -122,6 +122,9 @@ impl ProbeSpec {
     async fn attempt(&self, ip: IpAddr, netns: Option<&str>) -> Result<(), String> {
         match &self.action {
             ProbeAction::Exec { command } => {
+                let (program, args) = command
+                    .split_first()
+                    .ok_or("exec probe without a command")?;
                 let mut cmd = match netns {
                     Some(netns) => {
                         let mut c = tokio::process::Command::new("ip");
@@ -129,8 +132,8 @@ impl ProbeSpec {
                         c
                     }
                     None => {
-                        let mut c = tokio::process::Command::new(&command[0]);
-                        c.args(&command[1..]);
+                        let mut c = tokio::process::Command::new(program);
+                        c.args(args);
                         c
                     }
                 };
@@ -142,7 +145,7 @@ impl ProbeSpec {
                     .kill_on_drop(true)
                     .status()
                     .await
-                    .map_err(|e| format!("exec {}: {e}", command[0]))?;
+                    .map_err(|e| format!("exec {program}: {e}"))?;
                 if status.success() {
                     Ok(())
                 } else {
