@@ -12,7 +12,7 @@ use tokio::sync::RwLock;
 
 use super::metrics::Metrics;
 use crate::api::istio::{DestinationRule, VirtualService};
-use crate::api::RouterKind;
+use crate::api::{Canary, RouterKind};
 
 /// Settings of the controller process.
 #[derive(Clone, Debug)]
@@ -75,4 +75,37 @@ pub struct Context {
     pub diagnostics: Arc<RwLock<Diagnostics>>,
     pub config: Config,
     pub analysis: super::analysis::Analysis,
+    /// Canaries as sluice last wrote their status, by uid, with the resourceVersion they
+    /// had before: while the cache still shows that version it is stale, and the written
+    /// copy is used instead, so a quick second reconcile does not repeat a step.
+    pub written: parking_lot::Mutex<std::collections::HashMap<String, (String, Arc<Canary>)>>,
+}
+
+impl Context {
+    /// The freshest known copy of a Canary: the cache's, unless sluice wrote a newer status.
+    pub fn freshest(&self, cached: Arc<Canary>) -> Arc<Canary> {
+        let Some(uid) = cached.metadata.uid.clone() else {
+            return cached;
+        };
+        let mut written = self.written.lock();
+        match written.get(&uid) {
+            Some((before, newer)) if cached.metadata.resource_version.as_ref() == Some(before) => {
+                newer.clone()
+            }
+            Some(_) => {
+                written.remove(&uid);
+                cached
+            }
+            None => cached,
+        }
+    }
+
+    pub fn remember_written(&self, before: &Canary, after: Canary) {
+        if let (Some(uid), Some(rv)) = (
+            before.metadata.uid.clone(),
+            before.metadata.resource_version.clone(),
+        ) {
+            self.written.lock().insert(uid, (rv, Arc::new(after)));
+        }
+    }
 }

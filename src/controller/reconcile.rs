@@ -74,6 +74,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         // Deciding on a partial cache would report objects as missing.
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    let canary = ctx.freshest(canary);
     let now = Timestamp::now();
     let observation = observe(&canary, &ctx, now).await;
     let plan = rollout::decide(&canary, &observation.observed, now);
@@ -325,12 +326,14 @@ async fn write_status(canary: &Canary, status: &CanaryStatus, ctx: &Context) -> 
         "status": status,
     });
     ctx.metrics.api_calls.inc();
-    api.patch_status(
-        &canary.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    let written = api
+        .patch_status(
+            &canary.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    ctx.remember_written(canary, written);
     Ok(())
 }
 

@@ -244,6 +244,7 @@ async fn run_controller(
             options.config.default_provider,
             options.config.metrics_server.clone(),
         )?,
+        written: Default::default(),
     });
 
     let controller = Controller::new(canaries, wc.clone());
