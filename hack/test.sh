@@ -16,6 +16,7 @@ step "install dependencies" rust_ensure
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
 step "generated CRDs up to date" ./hack/check-crds.sh
+step "helm chart lint and render" ./hack/check-chart.sh
 step "install Prometheus" ./hack/ensure-prometheus.sh
 # In CI a missing Prometheus fails the analysis tests instead of skipping them.
 if [ -n "${CI:-}" ]; then export SLUICE_REQUIRE_PROMETHEUS=1; fi
