@@ -95,11 +95,14 @@ ready_pod_ips() {
 two_ready() { [ "$(ready_pod_ips | wc -l)" = 2 ]; }
 check "2 pods Ready with 10.244 IPs" eventually two_ready
 mapfile -t IPS < <(ready_pod_ips)
-log "pod IPs: ${IPS[*]}"
+# containerID is sluice://<podIP>/<pid>: the process to watch for on scale-down.
+mapfile -t PIDS < <(kubectl get pods -n "$NS" -l app=web \
+  -o 'jsonpath={range .items[*]}{.status.containerStatuses[0].containerID}{"\n"}{end}' | sed 's|.*/||')
+log "pod IPs: ${IPS[*]}; container pids: ${PIDS[*]}"
 # Every later check is about these two pods; without them they would pass vacuously.
-if [ ${#IPS[@]} != 2 ]; then
+if [ ${#IPS[@]} != 2 ] || [ ${#PIDS[@]} != 2 ]; then
   kubectl get pods -n "$NS" -o wide >&2 || true
-  die "expected 2 ready pod IPs, got ${#IPS[@]}; see $ROOT/.cluster/logs/node-agent.log"
+  die "expected 2 ready pods with a process each, got IPs '${IPS[*]}', pids '${PIDS[*]}'; see $ROOT/.cluster/logs/node-agent.log"
 fi
 
 for ip in "${IPS[@]}"; do
@@ -127,7 +130,11 @@ check "Prometheus discovered both pods as scrape targets" eventually prometheus_
 kubectl scale deployment web -n "$NS" --replicas=0 >/dev/null
 no_pods() { [ -z "$(kubectl get pods -n "$NS" -l app=web -o name)" ]; }
 check "pods deleted after scaling to 0" eventually no_pods
-no_processes() { ! pgrep -f "http.server 8080" >/dev/null; }
+no_processes() {
+  local pid
+  for pid in "${PIDS[@]}"; do [ -d "/proc/$pid" ] && return 1; done
+  return 0
+}
 check "test processes gone" eventually no_processes
 namespaces_gone() {
   local ip
