@@ -19,12 +19,14 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Resource;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::process::Child;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::containers::{self, LaunchSpec};
 use super::images::{ImageMap, ImageRef};
@@ -215,6 +217,7 @@ impl PodRuntime {
 
 pub struct Agent {
     client: Client,
+    recorder: Recorder,
     config: AgentConfig,
     pods: HashMap<String, PodRuntime>,
     ips: IpAllocator,
@@ -223,7 +226,12 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(client: Client, config: AgentConfig) -> Self {
+        let reporter = Reporter {
+            controller: "sluice-node-agent".into(),
+            instance: Some(config.node_name.clone()),
+        };
         Self {
+            recorder: Recorder::new(client.clone(), reporter),
             ips: config.allocator(),
             pods_api: Api::all(client.clone()),
             client,
@@ -307,6 +315,28 @@ impl Agent {
             (Some(api), RunMode::Processes) => api.listen.port(),
             _ => 0,
         }
+    }
+
+    /// Records a pod event (shown by `kubectl describe pod`) without blocking the loop.
+    fn event(&self, pod: &Pod, warning: bool, reason: &str, note: String) {
+        let recorder = self.recorder.clone();
+        let reference = pod.object_ref(&());
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                debug!("publishing event: {e}");
+            }
+        });
     }
 
     async fn remove_stale_namespaces(&self) {
@@ -725,6 +755,14 @@ impl Agent {
                 .and_then(|s| u64::try_from(s).ok())
                 .unwrap_or(30);
             info!(pod = %runtime.key(), grace, "pod deleted: sending SIGTERM");
+            for c in runtime.containers.iter().filter(|c| c.child.is_some()) {
+                self.event(
+                    pod,
+                    false,
+                    "Killing",
+                    format!("Stopping container {}", c.spec.name),
+                );
+            }
             runtime.signal_all(libc::SIGTERM);
             runtime.terminating = Some((Instant::now(), Duration::from_secs(grace)));
         }
@@ -772,6 +810,15 @@ impl Agent {
             if exited.is_none() && !container.live.load(Ordering::Relaxed) {
                 if let Some(pid) = container.pid {
                     warn!(pod = %format!("{}/{}", runtime.namespace, runtime.name), container = %container.spec.name, "liveness probe failed: killing the container");
+                    self.event(
+                        pod,
+                        true,
+                        "Unhealthy",
+                        format!(
+                            "Liveness probe failed; container {} will be restarted",
+                            container.spec.name
+                        ),
+                    );
                     containers::signal_group(pid, libc::SIGKILL);
                 }
             }
@@ -811,12 +858,15 @@ impl Agent {
                     container.next_start = Instant::now() + delay;
                     container.restart_count += 1;
                     container.last_exit = Some(exit.clone());
+                    let message = format!(
+                        "back-off {}s restarting failed container {} (exit code {code})",
+                        delay.as_secs(),
+                        container.spec.name
+                    );
+                    self.event(pod, true, "BackOff", message.clone());
                     container.state = RunState::Waiting {
                         reason: "CrashLoopBackOff".into(),
-                        message: format!(
-                            "back-off {}s restarting failed container (exit code {code})",
-                            delay.as_secs()
-                        ),
+                        message,
                     };
                 } else {
                     container.state = RunState::Terminated(exit);
@@ -836,6 +886,7 @@ impl Agent {
                 let changed = !matches!(&container.state, RunState::Waiting { reason: r, message: m } if *r == reason && *m == message);
                 if changed {
                     warn!(pod = %format!("{}/{}", runtime.namespace, runtime.name), container = %container.spec.name, "{reason}: {message}");
+                    self.event(pod, true, "Failed", format!("{reason}: {message}"));
                 }
                 container.state = RunState::Waiting { reason, message };
                 container.next_start = Instant::now() + Duration::from_secs(2);
@@ -864,6 +915,17 @@ impl Agent {
                     started_at: Timestamp::now(),
                 };
                 info!(pod = %key, container = %container.spec.name, pid = ?container.pid, program = %launch.program.display(), "container started");
+                self.event(
+                    pod,
+                    false,
+                    "Started",
+                    format!(
+                        "Started container {} ({} in {})",
+                        container.spec.name,
+                        launch.program.display(),
+                        launch.netns.as_deref().unwrap_or("host network")
+                    ),
+                );
                 container.ready.store(false, Ordering::Relaxed);
                 container.live = Arc::new(AtomicBool::new(true));
                 let target = ProbeTarget {
