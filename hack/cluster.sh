@@ -313,6 +313,7 @@ cmd_up() {
       --kubeconfig "$KUBECONFIG_ADMIN" --node-name "$NODE_NAME" \
       --images "$ROOT/hack/cluster/images.yaml" --repo-root "$ROOT" --state-dir "$STATE" \
       --pod-cidr "$POD_CIDR" --bridge "$BRIDGE" --apiserver-port "$APISERVER_PORT" \
+      --kubelet-version "$K8S_VERSION" \
       --ca-file "$PKI/ca.crt" \
       --kubelet-cert "$PKI/kubelet.crt" --kubelet-key "$PKI/kubelet.key" --kubelet-client-ca "$PKI/ca.crt"
   fi
@@ -321,7 +322,7 @@ cmd_up() {
     start_component fake-node-agent "$ROOT/target/debug/sluice-node-agent" --mode fake \
       --kubeconfig "$KUBECONFIG_ADMIN" --node-name "$FAKE_NODE_NAME" --max-pods 5000 \
       --images "$ROOT/hack/cluster/images.yaml" --repo-root "$ROOT" --state-dir "$STATE" \
-      --pod-cidr "$POD_CIDR"
+      --pod-cidr "$POD_CIDR" --kubelet-version "$K8S_VERSION"
     wait_for fake-node-agent 60 node_ready "$FAKE_NODE_NAME"
   fi
 

@@ -48,6 +48,9 @@ struct Args {
     ca_file: PathBuf,
     #[arg(long, default_value_t = 250)]
     max_pods: u32,
+    /// Kubelet version reported in the Node status.
+    #[arg(long, default_value = "v1.34.4")]
+    kubelet_version: String,
     /// Serving certificate for the kubelet API (`kubectl logs`); with --kubelet-key
     /// and --kubelet-client-ca it is served on the bridge address.
     #[arg(long, requires_all = ["kubelet_key", "kubelet_client_ca"])]
@@ -109,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
         apiserver_port: args.apiserver_port,
         ca_file: absolute(args.ca_file)?,
         max_pods: args.max_pods,
+        kubelet_version: args.kubelet_version,
         kubelet_api,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

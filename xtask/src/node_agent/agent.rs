@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub apiserver_port: u16,
     pub ca_file: PathBuf,
     pub max_pods: u32,
+    /// Reported as the Node's kubelet version (the control plane's, so skew checks pass).
+    pub kubelet_version: String,
     /// Serves `kubectl logs` when set (processes mode only).
     pub kubelet_api: Option<KubeletApiConfig>,
 }
@@ -440,7 +442,7 @@ impl Agent {
                 "machineID": "sluice", "systemUUID": "sluice", "bootID": "sluice",
                 "kernelVersion": "", "osImage": "sluice local processes",
                 "containerRuntimeVersion": "sluice://0.1.0",
-                "kubeletVersion": "v1.34.0-sluice", "kubeProxyVersion": "",
+                "kubeletVersion": self.config.kubelet_version, "kubeProxyVersion": "",
                 "operatingSystem": "linux", "architecture": "amd64",
             },
         }});
