@@ -307,8 +307,10 @@ cmd_up() {
   wait_for kube-controller-manager 60 curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for kube-scheduler 60 curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
-  if ! running node-agent; then
+  if ! running node-agent || { [ -n "${SLUICE_FAKE_NODE:-}" ] && ! running fake-node-agent; }; then
     build_agent
+  fi
+  if ! running node-agent; then
     start_component node-agent "$ROOT/target/debug/sluice-node-agent" \
       --kubeconfig "$KUBECONFIG_ADMIN" --node-name "$NODE_NAME" \
       --images "$ROOT/hack/cluster/images.yaml" --repo-root "$ROOT" --state-dir "$STATE" \

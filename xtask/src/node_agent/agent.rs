@@ -375,6 +375,16 @@ impl Agent {
             }
         }
         let nodes: Api<Node> = Api::all(self.client.clone());
+        if self.config.mode == RunMode::Fake {
+            // A fake node has nothing to come back to; its pods are garbage-collected.
+            if let Err(e) = nodes
+                .delete(&self.config.node_name, &DeleteParams::default())
+                .await
+            {
+                warn!("deleting fake node: {e}");
+            }
+            return;
+        }
         let status = json!({"status": {"conditions": [{
             "type": "Ready", "status": "False", "reason": "AgentStopped",
             "message": "sluice-node-agent stopped",
