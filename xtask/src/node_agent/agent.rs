@@ -362,9 +362,29 @@ impl Agent {
         while Instant::now() < deadline && !self.pods.values_mut().all(|p| p.all_stopped()) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let now = Time(Timestamp::now());
         for pod in self.pods.values_mut() {
             pod.signal_all(libc::SIGKILL);
             pod.all_stopped();
+            // Nothing serves these pods any more: take them out of EndpointSlices now
+            // rather than when the node lifecycle controller notices.
+            if !pod.finished {
+                let not_ready = json!({"status": {"conditions": [
+                    {"type": "Ready", "status": "False", "reason": "NodeAgentStopped", "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": "False", "reason": "NodeAgentStopped", "lastTransitionTime": now},
+                ]}});
+                let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace);
+                if let Err(e) = api
+                    .patch_status(
+                        &pod.name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(not_ready),
+                    )
+                    .await
+                {
+                    debug!(pod = %pod.key(), "marking pod not ready: {e}");
+                }
+            }
             if let Some(net) = &pod.net {
                 network::teardown_pod_netns(net).await;
             }
