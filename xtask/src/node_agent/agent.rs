@@ -219,6 +219,7 @@ impl PodRuntime {
 
 pub struct Agent {
     client: Client,
+    started_at: Timestamp,
     recorder: Recorder,
     config: AgentConfig,
     pods: HashMap<String, PodRuntime>,
@@ -233,6 +234,7 @@ impl Agent {
             instance: Some(config.node_name.clone()),
         };
         Self {
+            started_at: Timestamp::now(),
             recorder: Recorder::new(client.clone(), reporter),
             ips: config.allocator(),
             pods_api: Api::all(client.clone()),
@@ -453,7 +455,7 @@ impl Agent {
         let capacity = json!({"cpu": "32", "memory": "64Gi", "pods": self.config.max_pods.to_string(), "ephemeral-storage": "100Gi"});
         let condition = |kind: &str, status: &str, reason: &str, message: &str| {
             json!({"type": kind, "status": status, "reason": reason, "message": message,
-                   "lastHeartbeatTime": now, "lastTransitionTime": now})
+                   "lastHeartbeatTime": now, "lastTransitionTime": Time(self.started_at)})
         };
         let status = json!({"status": {
             "capacity": capacity, "allocatable": capacity,
@@ -476,8 +478,7 @@ impl Agent {
                 "operatingSystem": "linux", "architecture": "amd64",
             },
         }});
-        // Conditions merge by type, so a strategic merge keeps transition times sane
-        // enough for the node lifecycle controller.
+        // Conditions merge by type; they last changed when this agent started.
         nodes
             .patch_status(name, &PatchParams::default(), &Patch::Strategic(status))
             .await?;
