@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::runtime::reflector::Store;
 use kube::Client;
 use prometheus_client::registry::Registry;
@@ -31,6 +31,8 @@ pub struct Stores {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub virtual_services: Store<VirtualService>,
     pub destination_rules: Store<DestinationRule>,
+    pub config_maps: Store<ConfigMap>,
+    pub secrets: Store<Secret>,
 }
 
 /// Shared with the HTTP server: diagnostics and the metrics registry.

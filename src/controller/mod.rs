@@ -1,5 +1,6 @@
 //! The controller: observe the cluster, decide with [`crate::rollout`], apply the plan.
 pub mod analysis;
+pub mod configs;
 pub mod context;
 pub mod events;
 pub mod leader;

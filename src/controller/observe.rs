@@ -1,12 +1,14 @@
 //! Observation: what the decision needs, read from the caches and the metrics providers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
+use super::configs::{self, ConfigKind, ConfigRef};
 use super::context::Context;
 use super::workloads::{primary_name, revision_hash, REVISION_ANNOTATION};
 use crate::api::Canary;
@@ -17,6 +19,8 @@ pub struct Observation {
     pub observed: Observed,
     pub target: Option<std::sync::Arc<Deployment>>,
     pub primary: Option<std::sync::Arc<Deployment>>,
+    /// Configs the primary runs on `-primary` copies of.
+    pub tracked: BTreeSet<ConfigRef>,
 }
 
 pub fn workload_state(deployment: &Deployment, revision: Option<String>) -> WorkloadState {
@@ -45,11 +49,16 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
         .stores
         .deployments
         .get(&ObjectRef::new(&primary_name(canary)).within(&ns));
-    let tracked = BTreeMap::new();
-    let revision = target
+    let template = target
         .as_ref()
         .and_then(|t| t.spec.as_ref())
-        .map(|s| revision_hash(&s.template, &tracked))
+        .map(|s| &s.template);
+    let (tracked, tracked_configs) = match template {
+        Some(template) => tracked_configs(ctx, &ns, template),
+        None => Default::default(),
+    };
+    let revision = template
+        .map(|t| revision_hash(t, &tracked_configs))
         .unwrap_or_default();
     let mut observed = Observed {
         target: target
@@ -60,6 +69,7 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
             .map(|p| workload_state(p, p.annotations().get(REVISION_ANNOTATION).cloned())),
         revision,
         metrics: None,
+        tracked_configs,
     };
     if canary.phase() == Some(crate::api::Phase::Progressing) {
         ctx.analysis.sample(canary).await;
@@ -73,5 +83,37 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
         observed,
         target,
         primary,
+        tracked,
     }
+}
+
+/// The configs the template uses that exist and are tracked, with their content hashes.
+fn tracked_configs(
+    ctx: &Context,
+    ns: &str,
+    template: &PodTemplateSpec,
+) -> (BTreeSet<ConfigRef>, BTreeMap<String, String>) {
+    let mut tracked = BTreeSet::new();
+    let mut hashes = BTreeMap::new();
+    for r in configs::referenced(template) {
+        let hash = match r.kind {
+            ConfigKind::ConfigMap => ctx
+                .stores
+                .config_maps
+                .get(&ObjectRef::new(&r.name).within(ns))
+                .filter(|c| configs::is_trackable(c.metadata.annotations.as_ref()))
+                .map(|c| configs::config_map_hash(&c)),
+            ConfigKind::Secret => ctx
+                .stores
+                .secrets
+                .get(&ObjectRef::new(&r.name).within(ns))
+                .filter(|s| configs::is_trackable(s.metadata.annotations.as_ref()))
+                .map(|s| configs::secret_hash(&s)),
+        };
+        if let Some(hash) = hash {
+            hashes.insert(r.key(), hash);
+            tracked.insert(r);
+        }
+    }
+    (tracked, hashes)
 }

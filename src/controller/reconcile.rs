@@ -15,6 +15,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::configs;
 use super::context::Context;
 use super::metrics::{CanaryLabels, MetricLabels, WorkloadLabels};
 use super::observe::{observe, Observation};
@@ -162,11 +163,16 @@ async fn ensure_objects(
 ) -> Result<(), Error> {
     let client = &ctx.client;
     // Primary first: the Services and routes point at it.
-    let template = target
+    let mut template = target
         .spec
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
+    if plan.primary != PrimaryAction::Keep {
+        // The primary runs on copies, so the canary's configs can change under it.
+        copy_configs(canary, ns, &observation.tracked, ctx).await?;
+        configs::point_at_primary_copies(&mut template, &observation.tracked);
+    }
     let primary = match plan.primary {
         PrimaryAction::Keep => None,
         PrimaryAction::Create { replicas } => Some(workloads::primary_deployment(
@@ -223,6 +229,47 @@ async fn ensure_objects(
     if let Some(weights) = plan.routes {
         for obj in router.route_objects(canary, weights)? {
             apply_dynamic(ctx, ns, obj).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn copy_configs(
+    canary: &Canary,
+    ns: &str,
+    tracked: &std::collections::BTreeSet<configs::ConfigRef>,
+    ctx: &Context,
+) -> Result<(), Error> {
+    for r in tracked {
+        match r.kind {
+            configs::ConfigKind::ConfigMap => {
+                if let Some(source) = ctx
+                    .stores
+                    .config_maps
+                    .get(&ObjectRef::new(&r.name).within(ns))
+                {
+                    let copy = configs::primary_config_map(canary, &source);
+                    apply(
+                        ctx,
+                        &ctx.stores.config_maps,
+                        Api::namespaced(ctx.client.clone(), ns),
+                        copy,
+                    )
+                    .await?;
+                }
+            }
+            configs::ConfigKind::Secret => {
+                if let Some(source) = ctx.stores.secrets.get(&ObjectRef::new(&r.name).within(ns)) {
+                    let copy = configs::primary_secret(canary, &source);
+                    apply(
+                        ctx,
+                        &ctx.stores.secrets,
+                        Api::namespaced(ctx.client.clone(), ns),
+                        copy,
+                    )
+                    .await?;
+                }
+            }
         }
     }
     Ok(())

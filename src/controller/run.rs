@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -21,6 +21,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::analysis::Analysis;
+use super::configs;
 use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
 use super::reconcile::{error_policy, reconcile};
@@ -192,6 +193,16 @@ async fn run_controller(
     let (autoscalers, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
     let (virtual_services, vs_writer) = reflector::store::<VirtualService>();
     let (destination_rules, dr_writer) = reflector::store::<DestinationRule>();
+    let (config_maps, cm_writer) = reflector::store::<ConfigMap>();
+    let (secrets, secret_writer) = reflector::store::<Secret>();
+    let cm_stream = watcher(Api::<ConfigMap>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(cm_writer)
+        .touched_objects();
+    let secret_stream = watcher(Api::<Secret>::all(client.clone()), wc.clone())
+        .default_backoff()
+        .reflect(secret_writer)
+        .touched_objects();
 
     let deploy_stream = watcher(Api::<Deployment>::all(client.clone()), wc.clone())
         .default_backoff()
@@ -234,6 +245,8 @@ async fn run_controller(
             autoscalers,
             virtual_services,
             destination_rules,
+            config_maps,
+            secrets,
         },
         events: super::events::EventPublisher::new(client.clone(), options.identity.clone()),
         metrics: state.metrics.clone(),
@@ -271,6 +284,30 @@ async fn run_controller(
                 .collect();
             owners.into_iter().chain(targeting)
         })
+        .watches_stream(cm_stream, {
+            let (canaries, deployments) = (canary_store.clone(), deployments.clone());
+            move |cm: ConfigMap| {
+                users_of(
+                    &canaries,
+                    &deployments,
+                    configs::ConfigKind::ConfigMap,
+                    &cm.name_any(),
+                    &cm.namespace().unwrap_or_default(),
+                )
+            }
+        })
+        .watches_stream(secret_stream, {
+            let (canaries, deployments) = (canary_store.clone(), deployments.clone());
+            move |s: Secret| {
+                users_of(
+                    &canaries,
+                    &deployments,
+                    configs::ConfigKind::Secret,
+                    &s.name_any(),
+                    &s.namespace().unwrap_or_default(),
+                )
+            }
+        })
         .owns_stream(svc_stream)
         .owns_stream(hpa_stream)
         .owns_stream(vs_stream)
@@ -280,10 +317,16 @@ async fn run_controller(
     let diagnostics = state.diagnostics.clone();
     let total = state.metrics.total.clone();
     let store_for_ready = canary_store.clone();
+    let config_maps_ready = ctx.stores.config_maps.clone();
+    let secrets_ready = ctx.stores.secrets.clone();
     let synced = async move {
-        if store_for_ready.wait_until_ready().await.is_ok()
+        // Revisions hash the configs too: deciding before they are cached would see a
+        // different revision and start a release that nobody asked for.
+        let ready = store_for_ready.wait_until_ready().await.is_ok()
             && deployments.wait_until_ready().await.is_ok()
-        {
+            && config_maps_ready.wait_until_ready().await.is_ok()
+            && secrets_ready.wait_until_ready().await.is_ok();
+        if ready {
             diagnostics.write().await.caches_synced = true;
             tracing::info!("caches synced");
         }
@@ -314,6 +357,36 @@ async fn run_controller(
         _ = counting => {}
     }
     Ok(())
+}
+
+/// Canaries whose target uses the named config.
+fn users_of(
+    canaries: &reflector::Store<Canary>,
+    deployments: &reflector::Store<Deployment>,
+    kind: configs::ConfigKind,
+    name: &str,
+    ns: &str,
+) -> Vec<ObjectRef<Canary>> {
+    let wanted = configs::ConfigRef {
+        kind,
+        name: name.to_string(),
+    };
+    canaries
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(ns))
+        .filter(|c| {
+            deployments
+                .get(&ObjectRef::new(&c.spec.target_ref.name).within(ns))
+                .and_then(|d| {
+                    d.spec
+                        .as_ref()
+                        .map(|s| configs::referenced(&s.template).contains(&wanted))
+                })
+                .unwrap_or(false)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
 }
 
 async fn serve(

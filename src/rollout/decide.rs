@@ -1,5 +1,6 @@
 //! The release decision: (Canary, observations, now) -> Plan. No IO happens here.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -70,6 +71,8 @@ pub struct Observed {
     pub primary: Option<WorkloadState>,
     /// Results of the metric checks, present when [`analysis_due`] asked for them.
     pub metrics: Option<Vec<MetricOutcome>>,
+    /// Hashes of the ConfigMaps and Secrets the target uses, by `Kind/name`.
+    pub tracked_configs: BTreeMap<String, String>,
 }
 
 // === Plan ===
@@ -300,6 +303,7 @@ impl<'a> Decision<'a> {
         let status = &mut self.plan.status;
         status.last_applied_spec = Some(revision.clone());
         status.last_promoted_spec = Some(revision);
+        status.tracked_configs = self.observed.tracked_configs.clone();
         status.target_replicas.get_or_insert(target.replicas.max(1));
         self.plan.target_replicas = Some(0);
         self.set_phase(Phase::Initialized);
@@ -477,6 +481,7 @@ impl<'a> Decision<'a> {
         self.plan.status.last_step_time = Some(Time(self.now));
         self.plan.target_replicas = Some(0);
         self.plan.status.last_promoted_spec = self.plan.status.last_applied_spec.clone();
+        self.plan.status.tracked_configs = self.observed.tracked_configs.clone();
         self.set_phase(Phase::Succeeded);
         self.info(
             "Synced",

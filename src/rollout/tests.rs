@@ -123,6 +123,7 @@ fn observed(revision: &str, target: WorkloadState, primary: Option<WorkloadState
         target: Some(target),
         primary,
         metrics: None,
+        tracked_configs: Default::default(),
     }
 }
 
@@ -574,6 +575,7 @@ impl World {
             target: Some(ready(&self.target_revision, self.target_replicas)),
             primary: self.primary.clone(),
             metrics: None,
+            tracked_configs: Default::default(),
         };
         if analysis_due(&self.canary, now) {
             let mut m = good_metrics();

@@ -79,6 +79,11 @@ fn install_controller() {
 fn app_yaml(ns: &str, version: &str, ready_path: &str) -> String {
     format!(
         r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: catalog-settings, namespace: {ns}}}
+data: {{greeting: hello}}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: catalog, namespace: {ns}}}
@@ -92,7 +97,10 @@ spec:
       containers:
       - name: catalog
         image: sluice-test-http:latest
-        env: [{{name: PORT, value: "3000"}}, {{name: VERSION, value: {version}}}]
+        env:
+        - {{name: PORT, value: "3000"}}
+        - {{name: VERSION, value: {version}}}
+        - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: catalog-settings, key: greeting}}}}}}
         readinessProbe: {{httpGet: {{path: "{ready_path}", port: 3000}}, periodSeconds: 1}}
 "#
     )
@@ -238,6 +246,21 @@ fn release_promotes_step_by_step_then_a_broken_version_rolls_back() {
         )
         .as_deref(),
         Some("100")
+    );
+
+    // The primary runs on a copy of the ConfigMap.
+    assert_eq!(
+        jsonpath(ns, "configmap/catalog-settings-primary", "{.data.greeting}").as_deref(),
+        Some("hello")
+    );
+    assert_eq!(
+        jsonpath(
+            ns,
+            "deploy/catalog-primary",
+            "{.spec.template.spec.containers[0].env[?(@.name==\"GREETING\")].valueFrom.configMapKeyRef.name}"
+        )
+        .as_deref(),
+        Some("catalog-settings-primary")
     );
 
     // v2: walks 10..50, promotes, finalises.
@@ -434,4 +457,43 @@ fn bad_specs_are_rejected_or_reported() {
     assert!(message.contains("spec.analysis.stepWeights"), "{message}");
     // Nothing was created for an invalid Canary.
     assert!(kubectl(&["-n", ns, "get", "deploy/catalog-primary"]).is_err());
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn a_changed_config_map_is_a_new_release() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-config");
+    let ns = ns.0.as_str();
+    initialize(ns, "2s", 60);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "configmap",
+            "catalog-settings",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"greeting":"bonjour"}}"#,
+        ],
+    );
+    let seen = follow_release(ns, Duration::from_secs(120));
+    assert_eq!(
+        seen.last().map(|s| s.0.as_str()),
+        Some("Succeeded"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(p, w)| p == "Progressing" && *w == 50),
+        "{seen:?}"
+    );
+    assert_eq!(
+        jsonpath(ns, "configmap/catalog-settings-primary", "{.data.greeting}").as_deref(),
+        Some("bonjour")
+    );
+    let tracked =
+        jsonpath(ns, "canary/catalog-release", "{.status.trackedConfigs}").unwrap_or_default();
+    assert!(tracked.contains("ConfigMap/catalog-settings"), "{tracked}");
 }
