@@ -2,3 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod demo;
+pub mod proxy;

@@ -1,0 +1,2 @@
+//! sluice-proxy (work in progress).
+fn main() {}

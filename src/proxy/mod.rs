@@ -1,0 +1,1 @@
+//! sluice-proxy: enforces Istio VirtualService/DestinationRule objects without Istio.
