@@ -21,6 +21,8 @@ use rand::RngExt;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::api::istio::parse_duration;
+
 /// How many received requests `/_demo/received` remembers.
 const RECEIVED_LOG_LEN: usize = 256;
 
@@ -265,28 +267,6 @@ fn major_version(version: &str) -> Option<u32> {
         .take_while(char::is_ascii_digit)
         .collect();
     digits.parse().ok()
-}
-
-/// Durations as Go writes them (`1s`, `250ms`, `1.5s`, `2m`, `100us`), or bare seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms or 1.5s"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "ns" => value / 1e9,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{text:?} has an unknown unit {unit:?}")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 // === Server ===
