@@ -106,8 +106,9 @@ pub struct DemoConfig {
     pub upstream_timeout: Duration,
     /// Serve `/items` like the material's catalog service.
     pub catalog: bool,
-    /// Whether `/items` carries `imageUrl` (the catalog's v2 feature).
-    pub catalog_image_url: bool,
+    /// Whether `/items` carries `imageUrl` (the catalog's v2 feature); unset = when the
+    /// major version is 2 or more.
+    pub catalog_image_url: Option<bool>,
 }
 
 impl Default for DemoConfig {
@@ -126,7 +127,7 @@ impl Default for DemoConfig {
             upstream_uris: Vec::new(),
             upstream_timeout: Duration::from_secs(5),
             catalog: false,
-            catalog_image_url: false,
+            catalog_image_url: None,
         }
     }
 }
@@ -219,11 +220,17 @@ impl DemoConfig {
         if let Some(v) = get("CATALOG") {
             cfg.catalog = parse_bool("CATALOG", &v)?;
         }
-        cfg.catalog_image_url = match get("CATALOG_IMAGE_URL") {
-            Some(v) => parse_bool("CATALOG_IMAGE_URL", &v)?,
-            None => major_version(&cfg.version).is_some_and(|major| major >= 2),
-        };
+        if let Some(v) = get("CATALOG_IMAGE_URL") {
+            cfg.catalog_image_url = Some(parse_bool("CATALOG_IMAGE_URL", &v)?);
+        }
         Ok(cfg)
+    }
+}
+
+impl DemoConfig {
+    pub fn serves_image_url(&self) -> bool {
+        self.catalog_image_url
+            .unwrap_or_else(|| major_version(&self.version).is_some_and(|major| major >= 2))
     }
 }
 
@@ -460,7 +467,7 @@ async fn handle(
         body["upstream_calls"] = serde_json::Value::Array(upstream_calls);
     }
     if cfg.catalog && (path == "/items" || path.starts_with("/items/")) {
-        body = catalog_items(cfg.catalog_image_url);
+        body = catalog_items(cfg.serves_image_url());
     }
     Ok(json_response(StatusCode::OK, &body))
 }
@@ -569,8 +576,10 @@ mod tests {
 
     #[test]
     fn catalog_v2_has_image_url() {
-        assert!(!config(&[("VERSION", "v1")]).unwrap().catalog_image_url);
-        assert!(config(&[("VERSION", "v2")]).unwrap().catalog_image_url);
+        assert!(!config(&[("VERSION", "v1")]).unwrap().serves_image_url());
+        assert!(config(&[("VERSION", "v2")]).unwrap().serves_image_url());
+        let forced = config(&[("VERSION", "v2"), ("CATALOG_IMAGE_URL", "false")]).unwrap();
+        assert!(!forced.serves_image_url());
         assert!(catalog_items(true)[0].get("imageUrl").is_some());
         assert!(catalog_items(false)[0].get("imageUrl").is_none());
     }

@@ -153,9 +153,10 @@ impl Proxy {
     }
 }
 
-/// Re-applies `path` when its content changes (polled) or on SIGHUP.
+/// Re-applies `path` when its content changes (polled) or on SIGHUP. The first poll
+/// applies the file once more, so a change made while the watcher was starting is seen.
 pub async fn watch_file(proxy: Arc<Proxy>, path: PathBuf, poll: Duration) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last: Option<Vec<u8>> = None;
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
