@@ -1047,3 +1047,24 @@ mod tests {
         assert!(h.get("x-c").is_none());
     }
 }
+
+#[cfg(test)]
+mod purity {
+    /// Matching must stay free of IO so it can be tested as plain data.
+    #[test]
+    fn routes_module_imports_no_runtime() {
+        let whole = include_str!("routes.rs");
+        // Only the code above this test module.
+        let source = whole.split("mod purity").next().unwrap_or(whole);
+        for forbidden in [
+            "use tokio",
+            "use hyper",
+            "tokio::",
+            "hyper::",
+            "std::net::Tcp",
+        ] {
+            let hits = source.lines().filter(|l| l.contains(forbidden)).count();
+            assert_eq!(hits, 0, "routes.rs mentions {forbidden}");
+        }
+    }
+}
