@@ -338,3 +338,97 @@ async fn metrics_carry_istio_labels_and_buckets() {
         "{clusters}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_downstream_and_upstream() {
+    let v1 = demo("catalog", "v1", |_| {}).await;
+    let v2 = demo("catalog", "v2", |_| {}).await;
+    let routes = r#"    - route:
+      - destination: {host: catalog, subset: version-v2}"#;
+    let yaml = catalog_yaml(v1.addr, v2.addr, routes).replace(
+        "workload: catalog-v2}",
+        "workload: catalog-v2, protocol: h2c}",
+    );
+    let proxy = start_proxy(&yaml, settings("istioinaction", false)).await;
+    let client = HttpClient::h2c();
+    for _ in 0..3 {
+        let reply = client.get(proxy.addr, "catalog", "/", &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["version"], "v2");
+        assert_eq!(reply.json()["host"], "catalog");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_injection_rewrite_and_header_operations() {
+    let v1 = demo("catalog", "v1", |_| {}).await;
+    let v2 = demo("catalog", "v2", |_| {}).await;
+    let routes = r#"    - match: [{uri: {prefix: /broken}}]
+      fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+      route:
+      - destination: {host: catalog, subset: version-v1}
+    - match: [{uri: {prefix: /api/catalog}}]
+      rewrite: {uri: /items, authority: catalog-internal}
+      headers:
+        response: {set: {x-served-by: sluice}, remove: [content-type]}
+      route:
+      - destination: {host: catalog, subset: version-v1}
+    - match: [{uri: {regex: "/slow/[0-9]+"}}]
+      fault: {delay: {fixedDelay: 200ms, percentage: {value: 100}}}
+      route:
+      - destination: {host: catalog, subset: version-v2}"#;
+    let proxy = start_proxy(
+        &catalog_yaml(v1.addr, v2.addr, routes),
+        settings("istioinaction", false),
+    )
+    .await;
+    let client = HttpClient::default();
+    let aborted = client.get(proxy.addr, "catalog", "/broken", &[]).await;
+    assert_eq!(aborted.status, 418);
+    assert_eq!(
+        v1.served(),
+        0,
+        "an aborted request never reaches the backend"
+    );
+
+    let rewritten = client
+        .get(proxy.addr, "catalog", "/api/catalog/7?x=1", &[])
+        .await;
+    assert_eq!(rewritten.json()["uri"], "/items/7");
+    assert_eq!(rewritten.json()["host"], "catalog-internal");
+    assert_eq!(rewritten.headers.get("x-served-by").unwrap(), "sluice");
+    assert!(rewritten.headers.get("content-type").is_none());
+
+    let started = std::time::Instant::now();
+    let delayed = client.get(proxy.addr, "catalog", "/slow/42", &[]).await;
+    assert_eq!(delayed.json()["version"], "v2");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "the delay was injected"
+    );
+    assert_eq!(
+        client
+            .get(proxy.addr, "catalog", "/slow/x", &[])
+            .await
+            .status,
+        404
+    );
+
+    let metrics = client.admin(&proxy, "/metrics").await.body;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &[("response_flags", "FI")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &[("response_flags", "DI")]
+        ),
+        1.0
+    );
+}

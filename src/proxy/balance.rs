@@ -60,6 +60,8 @@ pub struct EndpointInfo {
     pub zone: String,
     pub workload: Option<String>,
     pub namespace: String,
+    /// Speak HTTP/2 with prior knowledge (h2c) to this endpoint.
+    pub http2: bool,
 }
 
 /// How fast the EWMA forgets: the decay time constant.
@@ -297,6 +299,7 @@ mod tests {
             zone: zone.into(),
             workload: None,
             namespace: "default".into(),
+            http2: false,
         }))
     }
 

@@ -13,6 +13,7 @@
 //!     labels: {app: catalog, version: v1}
 //!     zone: us-west1/us-west1-a     # optional
 //!     workload: catalog-v1          # optional, for metrics
+//!     protocol: http                # optional: http (HTTP/1.1, default) or h2c
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -131,6 +132,8 @@ pub struct EndpointEntry {
     pub zone: Option<String>,
     #[serde(default)]
     pub workload: Option<String>,
+    #[serde(default)]
+    pub protocol: Option<String>,
 }
 
 pub fn read_file(path: &Path) -> Result<ConfigFile, Error> {
@@ -232,11 +235,23 @@ pub fn build(
             field: "address".into(),
             reason: format!("{:?} is not ip:port ({e})", entry.address),
         })?;
+        let http2 = match entry.protocol.as_deref() {
+            None | Some("http") | Some("http1") => false,
+            Some("h2c") | Some("http2") | Some("grpc") => true,
+            Some(other) => {
+                return Err(invalid(
+                    &object,
+                    "protocol",
+                    &format!("{other:?} is not http or h2c"),
+                ))
+            }
+        };
         let info = EndpointInfo {
             address,
             labels: entry.labels.clone(),
             zone: entry.zone.clone().unwrap_or_default(),
             workload: entry.workload.clone(),
+            http2,
             namespace: ns.to_string(),
         };
         let endpoint = match previous_endpoints.remove(&(service.clone(), address)) {

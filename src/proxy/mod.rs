@@ -62,6 +62,8 @@ pub struct Proxy {
     client: Client<HttpConnector, Full<Bytes>>,
     /// For clusters with `maxRequestsPerConnection: 1`.
     client_without_keepalive: Client<HttpConnector, Full<Bytes>>,
+    /// For endpoints declared `protocol: h2c`.
+    client_h2c: Client<HttpConnector, Full<Bytes>>,
     last_error: Mutex<Option<String>>,
 }
 
@@ -73,6 +75,9 @@ impl Proxy {
         connector.set_connect_timeout(Some(options.connect_timeout));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let client_h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
             .build(connector.clone());
         let client_without_keepalive = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
@@ -88,6 +93,7 @@ impl Proxy {
             metrics: ProxyMetrics::new(),
             client,
             client_without_keepalive,
+            client_h2c,
             last_error: Mutex::new(None),
         })
     }

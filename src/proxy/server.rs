@@ -497,7 +497,9 @@ impl Proxy {
         let Ok(request) = builder.body(Full::new(upstream.body.clone())) else {
             return (TryOutcome::Reset, None);
         };
-        let client = if cluster.pool.limits().max_requests_per_connection == Some(1) {
+        let client = if endpoint.info.http2 {
+            &self.client_h2c
+        } else if cluster.pool.limits().max_requests_per_connection == Some(1) {
             &self.client_without_keepalive
         } else {
             &self.client
@@ -580,7 +582,11 @@ impl Proxy {
             return;
         };
         ProxyMetrics::count_cluster(&self.metrics.mirrored, &cluster.key.to_string());
-        let client = self.client.clone();
+        let client = if endpoint.info.http2 {
+            self.client_h2c.clone()
+        } else {
+            self.client.clone()
+        };
         tokio::spawn(async move {
             let send = async {
                 let response = client.request(request).await.ok()?;

@@ -119,6 +119,15 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
+    /// HTTP/2 with prior knowledge (h2c).
+    pub fn h2c() -> Self {
+        HttpClient(
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        )
+    }
+
     /// GET `path` from `addr` with the given Host and extra headers; 10 s bound.
     pub async fn get(
         &self,
