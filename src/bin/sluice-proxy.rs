@@ -1,6 +1,8 @@
 //! sluice-proxy: enforces Istio VirtualService/DestinationRule objects where no Istio
-//! runs. File mode: objects and endpoints come from a YAML file, reloaded when it changes
-//! or on SIGHUP; an invalid file is rejected and the last good config stays.
+//! runs. File mode (`--config`): objects and endpoints come from a YAML file, reloaded
+//! when it changes or on SIGHUP. Kubernetes mode (`--kube`): VirtualServices,
+//! DestinationRules, EndpointSlices and Pods are watched in `--namespace`. Either way an
+//! invalid config is rejected and the last good one stays.
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +20,17 @@ use sluice::proxy::{Proxy, ProxyOptions};
     about = "Enforces Istio VirtualService/DestinationRule without Istio"
 )]
 struct Args {
-    /// YAML file with virtualServices, destinationRules and endpoints.
-    #[arg(long, env = "SLUICE_PROXY_CONFIG")]
-    config: PathBuf,
+    /// File mode: YAML file with virtualServices, destinationRules and endpoints.
+    #[arg(
+        long,
+        env = "SLUICE_PROXY_CONFIG",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    config: Option<PathBuf>,
+    /// Kubernetes mode: watch the objects in --namespace (in-cluster or kubeconfig).
+    #[arg(long, env = "SLUICE_PROXY_KUBE")]
+    kube: bool,
     /// Traffic port.
     #[arg(long, env = "SLUICE_PROXY_LISTEN", default_value = "0.0.0.0:15001")]
     listen: SocketAddr,
@@ -103,9 +113,19 @@ async fn main() -> anyhow::Result<()> {
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(settings, options);
-    proxy
-        .apply_file(&args.config)
-        .with_context(|| format!("initial configuration {} rejected", args.config.display()))?;
+    let kube_client = match &args.config {
+        Some(path) => {
+            proxy
+                .apply_file(path)
+                .with_context(|| format!("initial configuration {} rejected", path.display()))?;
+            None
+        }
+        None => Some(
+            kube::Client::try_default()
+                .await
+                .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?,
+        ),
+    };
 
     let traffic = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -113,13 +133,23 @@ async fn main() -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin))?;
-    tracing::info!(listen = %traffic.local_addr()?, admin = %admin.local_addr()?, config = %args.config.display(), "sluice-proxy started");
+    tracing::info!(listen = %traffic.local_addr()?, admin = %admin.local_addr()?, "sluice-proxy started");
     tokio::spawn(sluice::proxy::admin::serve(proxy.clone(), admin));
-    tokio::spawn(sluice::proxy::watch_file(
-        proxy.clone(),
-        args.config.clone(),
-        args.reload_poll,
-    ));
+    if let Some(path) = &args.config {
+        tokio::spawn(sluice::proxy::watch_file(
+            proxy.clone(),
+            path.clone(),
+            args.reload_poll,
+        ));
+    }
+    if let Some(client) = kube_client {
+        let (proxy, namespace) = (proxy.clone(), args.namespace.clone());
+        tokio::spawn(async move {
+            if let Err(error) = sluice::proxy::k8s::run(proxy, client, namespace).await {
+                tracing::error!(%error, "kubernetes watch stopped");
+            }
+        });
+    }
     tokio::select! {
         _ = sluice::proxy::server::serve(proxy, traffic) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),

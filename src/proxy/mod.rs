@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod k8s;
 pub mod metrics;
 pub mod resilience;
 pub mod routes;
