@@ -432,3 +432,161 @@ async fn fault_injection_rewrite_and_header_operations() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_deeper_in_the_call_graph_by_source_labels() {
+    let v1 = demo("catalog", "v1", |c| c.catalog = true).await;
+    let v2 = demo("catalog", "v2", |c| c.catalog = true).await;
+    // Calls from webapp go to v2; everyone else gets v1.
+    let routes = r#"    - match:
+      - sourceLabels: {app: webapp}
+      route:
+      - destination: {host: catalog, subset: version-v2}
+    - route:
+      - destination: {host: catalog, subset: version-v1}"#;
+    let yaml = catalog_yaml(v1.addr, v2.addr, routes);
+    let mut webapp_identity = settings("istioinaction", false);
+    webapp_identity
+        .identity
+        .labels
+        .insert("app".into(), "webapp".into());
+    let webapp_sidecar = start_proxy(&yaml, webapp_identity).await;
+    let other_sidecar = start_proxy(&yaml, settings("istioinaction", false)).await;
+
+    let webapp = demo("webapp", "v1", |c| {
+        c.upstream_uris = vec!["http://catalog/items".into()];
+        c.upstream_proxy = Some(webapp_sidecar.addr);
+    })
+    .await;
+    let client = HttpClient::default();
+    let reply = client.get(webapp.addr, "webapp", "/", &[]).await.json();
+    let call = &reply["upstream_calls"][0];
+    assert_eq!(call["code"], 200, "{reply}");
+    assert!(call["response"][0].get("imageUrl").is_some(), "{reply}");
+
+    let direct = client
+        .get(other_sidecar.addr, "catalog", "/items", &[])
+        .await;
+    assert!(!direct.body.contains("imageUrl"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_and_peak_ewma_avoid_a_slow_backend() {
+    let slow_latency = Duration::from_millis(150);
+    let mut served_by_slow = Vec::new();
+    for balancer in ["ROUND_ROBIN", "LEAST_REQUEST", "PEAK_EWMA"] {
+        let fast1 = demo("simple-backend", "v1", |_| {}).await;
+        let fast2 = demo("simple-backend", "v2", |_| {}).await;
+        let slow = demo("simple-backend", "v3", |c| {
+            c.latency.p50 = slow_latency;
+            c.latency.p90 = slow_latency;
+            c.latency.p99 = slow_latency;
+        })
+        .await;
+        let yaml = format!(
+            r#"
+namespace: istioinaction
+destinationRules:
+- metadata: {{name: simple-backend}}
+  spec:
+    host: simple-backend
+    trafficPolicy: {{loadBalancer: {{simple: {balancer}}}}}
+endpoints:
+- {{service: simple-backend, address: "{}"}}
+- {{service: simple-backend, address: "{}"}}
+- {{service: simple-backend, address: "{}"}}
+"#,
+            fast1.addr, fast2.addr, slow.addr
+        );
+        let proxy = start_proxy(&yaml, settings("istioinaction", false)).await;
+        let client = HttpClient::default();
+        let tasks: Vec<_> = (0..6)
+            .map(|_| {
+                let client = client.clone();
+                let addr = proxy.addr;
+                tokio::spawn(async move {
+                    for _ in 0..30 {
+                        assert_eq!(
+                            client.get(addr, "simple-backend", "/", &[]).await.status,
+                            200
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let total = fast1.served() + fast2.served() + slow.served();
+        assert_eq!(total, 180);
+        served_by_slow.push(slow.served());
+    }
+    eprintln!("calls served by the slow backend (RR, LR, EWMA): {served_by_slow:?}");
+    let [round_robin, least_request, peak_ewma] = served_by_slow[..] else {
+        panic!("three balancers");
+    };
+    // Round robin gives the slow backend its third; the latency-aware ones far less.
+    assert_eq!(round_robin, 60);
+    assert!(
+        least_request < 40,
+        "least request sent {least_request} to the slow backend"
+    );
+    assert!(
+        peak_ewma < 40,
+        "peak EWMA sent {peak_ewma} to the slow backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locality_prefers_own_zone_and_fails_over_when_ejected() {
+    let zone_a = demo("simple-backend", "v1", |c| c.error_cycle = vec![]).await;
+    let zone_b = demo("simple-backend", "v2", |_| {}).await;
+    let yaml = format!(
+        r#"
+namespace: istioinaction
+destinationRules:
+- metadata: {{name: simple-backend}}
+  spec:
+    host: simple-backend
+    trafficPolicy:
+      outlierDetection: {{consecutive5xxErrors: 1, interval: 5s, baseEjectionTime: 30s, maxEjectionPercent: 100}}
+endpoints:
+- {{service: simple-backend, address: "{}", zone: us-west1/us-west1-a}}
+- {{service: simple-backend, address: "{}", zone: us-west1/us-west1-b}}
+"#,
+        zone_a.addr, zone_b.addr
+    );
+    let mut own = settings("istioinaction", false);
+    own.zone = "us-west1/us-west1-a".into();
+    let proxy = start_proxy(&yaml, own.clone()).await;
+    let client = HttpClient::default();
+    for _ in 0..10 {
+        assert_eq!(
+            client
+                .get(proxy.addr, "simple-backend", "/", &[])
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!((zone_a.served(), zone_b.served()), (10, 0));
+
+    // The local backend starts failing: one failure ejects it, calls fail over to zone b.
+    let failing_a = demo("simple-backend", "v1", |c| c.error_rate = 1.0).await;
+    let failing = yaml.replace(&zone_a.addr.to_string(), &failing_a.addr.to_string());
+    proxy.proxy.apply(&parse(&failing)).unwrap();
+    let mut failures = 0;
+    for _ in 0..10 {
+        if client
+            .get(proxy.addr, "simple-backend", "/", &[])
+            .await
+            .status
+            != 200
+        {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 1);
+    assert_eq!(failing_a.served(), 1);
+    assert_eq!(zone_b.served(), 9);
+}

@@ -45,6 +45,9 @@ struct Args {
     /// Comma-separated URIs to call and embed [env UPSTREAM_URIS]
     #[arg(long)]
     upstream_uris: Option<String>,
+    /// Send upstream calls through this proxy address, Host from the URI [env UPSTREAM_PROXY]
+    #[arg(long)]
+    upstream_proxy: Option<String>,
     /// Serve /items like the catalog service [env CATALOG]
     #[arg(long)]
     catalog: bool,
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         ("TIMING_90_PERCENTILE", args.latency_p90),
         ("TIMING_99_PERCENTILE", args.latency_p99),
         ("UPSTREAM_URIS", args.upstream_uris),
+        ("UPSTREAM_PROXY", args.upstream_proxy),
         ("CATALOG", args.catalog.then(|| "true".to_string())),
     ];
     let config = sluice::demo::DemoConfig::from_lookup(|key| {

@@ -104,6 +104,9 @@ pub struct DemoConfig {
     pub error_cycle: Vec<CycleStep>,
     pub upstream_uris: Vec<String>,
     pub upstream_timeout: Duration,
+    /// Send upstream calls to this address (a sidecar sluice-proxy), keeping the URI's
+    /// host as the Host header, the way an intercepted call reaches Envoy.
+    pub upstream_proxy: Option<SocketAddr>,
     /// Serve `/items` like the material's catalog service.
     pub catalog: bool,
     /// Whether `/items` carries `imageUrl` (the catalog's v2 feature); unset = when the
@@ -126,6 +129,7 @@ impl Default for DemoConfig {
             error_cycle: Vec::new(),
             upstream_uris: Vec::new(),
             upstream_timeout: Duration::from_secs(5),
+            upstream_proxy: None,
             catalog: false,
             catalog_image_url: None,
         }
@@ -216,6 +220,11 @@ impl DemoConfig {
         }
         if let Some(d) = duration("UPSTREAM_TIMEOUT")? {
             cfg.upstream_timeout = d;
+        }
+        if let Some(v) = get("UPSTREAM_PROXY") {
+            cfg.upstream_proxy = Some(parse_setting("UPSTREAM_PROXY", &v, |s| {
+                s.parse::<SocketAddr>()
+            })?);
         }
         if let Some(v) = get("CATALOG") {
             cfg.catalog = parse_bool("CATALOG", &v)?;
@@ -472,8 +481,29 @@ async fn handle(
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// A GET for `uri`, sent directly or through `via` with the URI's host as Host.
+fn upstream_request(uri: &str, via: Option<SocketAddr>) -> Result<Request<Full<Bytes>>, String> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let builder = match via {
+        None => Request::get(parsed),
+        Some(proxy) => {
+            let host = parsed
+                .authority()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let path = parsed.path_and_query().map_or("/", |pq| pq.as_str());
+            Request::get(format!("http://{proxy}{path}")).header(http::header::HOST, host)
+        }
+    };
+    builder
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())
+}
+
 async fn call_upstream(state: &DemoState, uri: &str) -> serde_json::Value {
-    let request = match Request::get(uri).body(Full::new(Bytes::new())) {
+    let request = match upstream_request(uri, state.config.upstream_proxy) {
         Ok(r) => r,
         Err(e) => return json!({ "uri": uri, "code": -1, "error": e.to_string() }),
     };

@@ -182,8 +182,9 @@ impl Default for ProxySettings {
 pub struct Snapshot {
     pub table: RouteTable,
     pub clusters: HashMap<ClusterKey, Arc<Cluster>>,
-    /// Hosts of service clusters without subsets, for lookups by service.
+    /// The mesh default retry policy for routes without `retries` (None = switched off).
     pub default_retry: Option<RetryPolicy>,
+    /// Accepted but suspicious (e.g. a subset without endpoints); shown at /config/status.
     pub warnings: Vec<String>,
 }
 
