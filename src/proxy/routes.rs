@@ -444,7 +444,9 @@ impl Route {
             _ => None,
         });
         Some(match prefix {
-            Some(p) if path.len() >= p.len() => format!("{new}{}", &path[p.len()..]),
+            // `get` rather than slicing: with ignoreUriCase the matched prefix was
+            // lower-cased, and its byte length need not fall on a char boundary of `path`.
+            Some(p) => format!("{new}{}", path.get(p.len()..).unwrap_or_default()),
             _ => new.clone(),
         })
     }
@@ -1011,6 +1013,12 @@ mod tests {
         assert_eq!(
             r.rewritten_path(usize::MAX, "/x").as_deref(),
             Some("/items")
+        );
+        // Multi-byte paths never panic, whatever the prefix length.
+        assert_eq!(r.rewritten_path(0, "/é").as_deref(), Some("/items"));
+        assert_eq!(
+            r.rewritten_path(0, "/api/catalogé").as_deref(),
+            Some("/itemsé")
         );
     }
 

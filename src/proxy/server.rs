@@ -647,33 +647,44 @@ impl Proxy {
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64() * 1000.0);
         if self.options.access_log {
-            let upstream = endpoint.map_or_else(|| "-".to_string(), |e| e.address.to_string());
-            let cluster = record
-                .cluster
-                .as_ref()
-                .map_or_else(|| "-".to_string(), |c| c.key.to_string());
-            tracing::info!(
-                target: "sluice::access",
-                "[{}] \"{} {} {}\" {} {} retries={} {}ms \"{}\" peer={} upstream={} cluster={}",
-                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                record.method,
-                record.path,
-                record.protocol,
-                status,
-                flags,
-                record.retries,
-                elapsed.as_millis(),
-                record.authority,
-                peer,
-                upstream,
-                cluster,
-            );
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let line = access_log_line(record, &now, status, elapsed, peer);
+            tracing::info!(target: "sluice::access", "{line}");
         }
     }
 
     fn settings_workload(&self) -> &str {
         self.options.workload.as_deref().unwrap_or(UNKNOWN)
     }
+}
+
+/// One access log line, Envoy-like: time, request line, status, response flags, retries,
+/// duration, Host, peer, upstream endpoint and cluster.
+fn access_log_line(
+    record: &Record,
+    now: &str,
+    status: u16,
+    elapsed: Duration,
+    peer: SocketAddr,
+) -> String {
+    let upstream = record
+        .endpoint
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |e| e.info.address.to_string());
+    let cluster = record
+        .cluster
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |c| c.key.to_string());
+    format!(
+        "[{now}] \"{} {} {}\" {status} {} retries={} {}ms \"{}\" peer={peer} upstream={upstream} cluster={cluster}",
+        record.method,
+        record.path,
+        record.protocol,
+        record.flags(),
+        record.retries,
+        elapsed.as_millis(),
+        record.authority,
+    )
 }
 
 fn is_grpc(response: &Response<ProxyBody>) -> bool {
@@ -698,6 +709,29 @@ fn split_service(service: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_log_line_names_flags() {
+        let mut record = Record {
+            method: Method::GET,
+            path: "/items".into(),
+            protocol: "HTTP/1.1",
+            authority: "catalog".into(),
+            service: None,
+            cluster: None,
+            endpoint: None,
+            flags: Vec::new(),
+            retries: 2,
+        };
+        record.flag("UO");
+        record.flag("URX");
+        record.flag("UO");
+        let peer = SocketAddr::from(([127, 0, 0, 1], 5000));
+        assert_eq!(
+            access_log_line(&record, "T", 503, Duration::from_millis(7), peer),
+            "[T] \"GET /items HTTP/1.1\" 503 UO,URX retries=2 7ms \"catalog\" peer=127.0.0.1:5000 upstream=- cluster=-"
+        );
+    }
 
     #[test]
     fn shadow_suffix_goes_before_the_port() {
