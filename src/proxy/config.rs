@@ -273,6 +273,7 @@ pub fn build(
         let object = object_name("DestinationRule", &rule.metadata, default_ns);
         let ns = rule.metadata.namespace.as_deref().unwrap_or(default_ns);
         validate_destination_rule(&object, &rule.spec)?;
+        warnings.extend(unsupported_in_destination_rule(&object, &rule.spec));
         let host = qualify_host(&rule.spec.host, ns);
         if rule_by_host.contains_key(&host) {
             warnings.push(format!(
@@ -293,6 +294,7 @@ pub fn build(
         let object = object_name("VirtualService", &vs.metadata, default_ns);
         let ns = vs.metadata.namespace.as_deref().unwrap_or(default_ns);
         let vhost = build_virtual_host(&object, ns, &vs.spec, &mut referenced)?;
+        warnings.extend(unsupported_in_virtual_service(&object, &vs.spec));
         if !settings.identity.acts_as(&vs.spec.gateways) {
             continue;
         }
@@ -400,6 +402,63 @@ fn merge_policy(
             tls: s.tls.clone().or_else(|| t.tls.clone()),
         }),
     }
+}
+
+/// Fields the proxy accepts but does not enforce yet: said once per object, so users see
+/// (log, `/config/status`, `sluice_proxy_config_warnings`) what Istio would do
+/// differently.
+fn unsupported_in_destination_rule(object: &str, spec: &DestinationRuleSpec) -> Vec<String> {
+    let mut found = Vec::new();
+    let policies = spec
+        .traffic_policy
+        .iter()
+        .map(|p| ("trafficPolicy".to_string(), p))
+        .chain(spec.subsets.iter().enumerate().filter_map(|(i, s)| {
+            s.traffic_policy
+                .as_ref()
+                .map(|p| (format!("subsets[{i}].trafficPolicy"), p))
+        }));
+    for (path, policy) in policies {
+        if let Some(lb) = &policy.load_balancer {
+            if lb.consistent_hash.is_some() {
+                found.push(format!("{path}.loadBalancer.consistentHash"));
+            }
+            if lb
+                .locality_lb_setting
+                .as_ref()
+                .is_some_and(|l| !l.distribute.is_empty() || !l.failover.is_empty())
+            {
+                found.push(format!("{path}.loadBalancer.localityLbSetting"));
+            }
+        }
+        if policy.tls.is_some() {
+            found.push(format!("{path}.tls"));
+        }
+    }
+    found
+        .into_iter()
+        .map(|field| format!("{object}: spec.{field} is not enforced by sluice-proxy"))
+        .collect()
+}
+
+fn unsupported_in_virtual_service(object: &str, spec: &VirtualServiceSpec) -> Vec<String> {
+    let mut found = Vec::new();
+    for (i, http) in spec.http.iter().enumerate() {
+        if http.cors_policy.is_some() {
+            found.push(format!("http[{i}].corsPolicy"));
+        }
+        if http
+            .retries
+            .as_ref()
+            .is_some_and(|r| r.retry_remote_localities.is_some())
+        {
+            found.push(format!("http[{i}].retries.retryRemoteLocalities"));
+        }
+    }
+    found
+        .into_iter()
+        .map(|field| format!("{object}: spec.{field} is not enforced by sluice-proxy"))
+        .collect()
 }
 
 fn validate_destination_rule(object: &str, spec: &DestinationRuleSpec) -> Result<(), Error> {
@@ -963,6 +1022,27 @@ endpoints:
         assert!(
             err.contains("spec.http[1].retries.retryOn: unknown retry condition \"bogus\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_fields_are_reported() {
+        let yaml = GOOD
+            .replace(
+                "    subsets:",
+                "    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n    subsets:",
+            )
+            .replace(
+                "    - route:\n",
+                "    - corsPolicy: {allowOrigins: [{exact: x}]}\n      route:\n",
+            );
+        let snap = build(&parse(&yaml), &ProxySettings::default(), None).unwrap();
+        assert_eq!(
+            snap.warnings,
+            [
+                "DestinationRule istioinaction/catalog: spec.trafficPolicy.loadBalancer.consistentHash is not enforced by sluice-proxy",
+                "VirtualService istioinaction/catalog: spec.http[1].corsPolicy is not enforced by sluice-proxy",
+            ]
         );
     }
 

@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -74,6 +75,8 @@ pub struct ProxyMetrics {
     pub ejections: Family<EjectionLabels, Counter>,
     pub mirrored: Family<ClusterLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    /// Warnings of the live config (unsupported fields, subsets without endpoints).
+    pub config_warnings: Gauge,
 }
 
 impl Default for ProxyMetrics {
@@ -92,6 +95,7 @@ impl ProxyMetrics {
         let ejections = Family::<EjectionLabels, Counter>::default();
         let mirrored = Family::<ClusterLabels, Counter>::default();
         let config_reloads = Family::<ReloadLabels, Counter>::default();
+        let config_warnings = Gauge::default();
         // Counter names get `_total` appended by the encoder.
         registry.register(
             "istio_requests",
@@ -128,6 +132,11 @@ impl ProxyMetrics {
             "Configuration reloads by result",
             config_reloads.clone(),
         );
+        registry.register(
+            "sluice_proxy_config_warnings",
+            "Warnings of the live configuration, e.g. fields accepted but not enforced",
+            config_warnings.clone(),
+        );
         ProxyMetrics {
             registry,
             requests,
@@ -137,6 +146,7 @@ impl ProxyMetrics {
             ejections,
             mirrored,
             config_reloads,
+            config_warnings,
         }
     }
 

@@ -123,6 +123,9 @@ impl Proxy {
                 for warning in &snapshot.warnings {
                     tracing::warn!("{warning}");
                 }
+                self.metrics
+                    .config_warnings
+                    .set(i64::try_from(snapshot.warnings.len()).unwrap_or(i64::MAX));
                 self.snapshot.store(Arc::new(snapshot));
                 if let Ok(mut last) = self.last_error.lock() {
                     *last = None;
