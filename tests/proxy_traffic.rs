@@ -590,3 +590,46 @@ endpoints:
     assert_eq!(failing_a.served(), 1);
     assert_eq!(zone_b.served(), 9);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_a_user_on_one_pod() {
+    let pods = [
+        demo("catalog", "v1", |c| c.pod = "catalog-a".into()).await,
+        demo("catalog", "v1", |c| c.pod = "catalog-b".into()).await,
+        demo("catalog", "v1", |c| c.pod = "catalog-c".into()).await,
+    ];
+    let yaml = format!(
+        r#"
+namespace: istioinaction
+destinationRules:
+- metadata: {{name: catalog}}
+  spec:
+    host: catalog
+    trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}
+endpoints:
+- {{service: catalog, address: "{}"}}
+- {{service: catalog, address: "{}"}}
+- {{service: catalog, address: "{}"}}
+"#,
+        pods[0].addr, pods[1].addr, pods[2].addr
+    );
+    let proxy = start_proxy(&yaml, settings("istioinaction", false)).await;
+    let client = HttpClient::default();
+    let mut pods_used = std::collections::BTreeSet::new();
+    for user in 0..12 {
+        let user = format!("user-{user}");
+        let first = client
+            .get(proxy.addr, "catalog", "/", &[("x-user", &user)])
+            .await
+            .json()["pod"]
+            .clone();
+        for _ in 0..5 {
+            let again = client
+                .get(proxy.addr, "catalog", "/", &[("x-user", &user)])
+                .await;
+            assert_eq!(again.json()["pod"], first, "{user} moved");
+        }
+        pods_used.insert(first.to_string());
+    }
+    assert!(pods_used.len() >= 2, "12 users all landed on {pods_used:?}");
+}

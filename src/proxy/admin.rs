@@ -154,6 +154,7 @@ pub fn clusters_view(snapshot: &Snapshot) -> Value {
                 "destinationRule": c.destination_rule,
                 "loadBalancer": c.algorithm.name(),
                 "localityAware": c.locality_aware,
+                "consistentHash": c.hash_policy.as_ref().map(|h| h.describe()),
                 "connectionPool": {
                     "maxConnections": limits.max_connections,
                     "http1MaxPendingRequests": limits.max_pending,

@@ -2,7 +2,8 @@
 //! balancers that pick an endpoint for each try.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,6 +15,63 @@ use crate::proxy::routes::ClusterKey;
 pub enum Error {
     #[error("{field}: unknown load balancer {value:?} (expected ROUND_ROBIN, RANDOM, LEAST_REQUEST, LEAST_CONN or PEAK_EWMA)")]
     UnknownBalancer { field: String, value: String },
+}
+
+/// `loadBalancer.consistentHash`: what a request's affinity key is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashPolicy {
+    Header(String),
+    Cookie(String),
+    QueryParam(String),
+    SourceIp,
+}
+
+impl HashPolicy {
+    pub fn describe(&self) -> String {
+        match self {
+            HashPolicy::Header(h) => format!("httpHeaderName:{h}"),
+            HashPolicy::Cookie(c) => format!("httpCookie:{c}"),
+            HashPolicy::QueryParam(q) => format!("httpQueryParameterName:{q}"),
+            HashPolicy::SourceIp => "useSourceIp".into(),
+        }
+    }
+
+    /// The request's affinity key, or None when the request does not carry it (then the
+    /// cluster's normal balancer decides).
+    pub fn key(&self, headers: &http::HeaderMap, query: Option<&str>, peer: IpAddr) -> Option<u64> {
+        let mut hasher = DefaultHasher::new();
+        match self {
+            HashPolicy::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut hasher),
+            HashPolicy::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then_some(v)
+                })?
+                .hash(&mut hasher),
+            HashPolicy::QueryParam(name) => query?
+                .split('&')
+                .find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then_some(v)
+                })?
+                .hash(&mut hasher),
+            HashPolicy::SourceIp => peer.hash(&mut hasher),
+        }
+        Some(hasher.finish())
+    }
+}
+
+/// Rendezvous (highest random weight) score: a key keeps its endpoint while that
+/// endpoint stays, and only the keys of a removed endpoint move.
+fn rendezvous_score(key: u64, address: SocketAddr) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    address.hash(&mut hasher);
+    hasher.finish()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +211,8 @@ pub struct Cluster {
     pub locality_aware: bool,
     /// Which DestinationRule supplied the policy (`namespace/name`), if any.
     pub destination_rule: Option<String>,
+    /// Session affinity; requests without the key use `algorithm`.
+    pub hash_policy: Option<HashPolicy>,
     round_robin: AtomicUsize,
 }
 
@@ -173,8 +233,14 @@ impl Cluster {
             locality_aware: outlier.is_some(),
             outlier,
             destination_rule,
+            hash_policy: None,
             round_robin: AtomicUsize::new(0),
         }
+    }
+
+    pub fn with_hash_policy(mut self, policy: Option<HashPolicy>) -> Self {
+        self.hash_policy = policy;
+        self
     }
 
     /// Endpoints the balancer may use: not ejected, unless fewer than `minHealthPercent`
@@ -224,6 +290,18 @@ impl Cluster {
         tried: &[SocketAddr],
         draws: (u64, u64),
     ) -> Option<Arc<Endpoint>> {
+        self.pick_with_affinity(now, own_zone, tried, draws, None)
+    }
+
+    /// Like `pick`; with an affinity key the endpoint is chosen by rendezvous hashing.
+    pub fn pick_with_affinity(
+        &self,
+        now: Instant,
+        own_zone: &str,
+        tried: &[SocketAddr],
+        draws: (u64, u64),
+        affinity: Option<u64>,
+    ) -> Option<Arc<Endpoint>> {
         let all = self.candidates(now, own_zone);
         let fresh: Vec<_> = all
             .iter()
@@ -233,6 +311,12 @@ impl Cluster {
         let set = if fresh.is_empty() { all } else { fresh };
         if set.is_empty() {
             return None;
+        }
+        if let Some(key) = affinity {
+            return set
+                .iter()
+                .max_by_key(|e| rendezvous_score(key, e.info.address))
+                .map(|e| (*e).clone());
         }
         let n = set.len() as u64;
         let chosen = match self.algorithm {
@@ -428,6 +512,65 @@ mod tests {
         }
         c.record_outcome(&west_a, TryOutcome::Response(500), now);
         assert_eq!(port(&c.pick(now, "us-west1/us-west1-a", &[], (0, 0))), 2);
+    }
+
+    #[test]
+    fn affinity_keeps_a_key_on_its_endpoint() {
+        let endpoints: Vec<_> = (1..=4).map(|p| endpoint(p, "")).collect();
+        let c = cluster(Algorithm::Random, endpoints.clone(), None);
+        let now = Instant::now();
+        let mut chosen = std::collections::BTreeMap::new();
+        for key in 0..64u64 {
+            let first = port(&c.pick_with_affinity(now, "", &[], (key, key), Some(key)));
+            for draw in 0..5 {
+                assert_eq!(
+                    port(&c.pick_with_affinity(now, "", &[], (draw, draw), Some(key))),
+                    first
+                );
+            }
+            chosen.insert(key, first);
+        }
+        // Keys spread over every endpoint.
+        let used: std::collections::BTreeSet<_> = chosen.values().collect();
+        assert_eq!(used.len(), 4);
+        // Removing endpoint 4 moves only the keys that were on it.
+        let smaller = cluster(Algorithm::Random, endpoints[..3].to_vec(), None);
+        for (key, before) in chosen {
+            let after = port(&smaller.pick_with_affinity(now, "", &[], (0, 0), Some(key)));
+            if before != 4 {
+                assert_eq!(after, before, "key {key} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn affinity_keys_come_from_header_cookie_query_or_source() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", http::HeaderValue::from_static("jason"));
+        h.insert("cookie", http::HeaderValue::from_static("a=1; user=jason"));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let header = HashPolicy::Header("x-user".into()).key(&h, None, ip);
+        assert!(header.is_some());
+        assert_eq!(
+            header,
+            HashPolicy::Header("x-user".into()).key(&h, None, ip)
+        );
+        assert!(HashPolicy::Header("x-other".into())
+            .key(&h, None, ip)
+            .is_none());
+        assert!(HashPolicy::Cookie("user".into())
+            .key(&h, None, ip)
+            .is_some());
+        assert!(HashPolicy::Cookie("nope".into())
+            .key(&h, None, ip)
+            .is_none());
+        assert!(HashPolicy::QueryParam("u".into())
+            .key(&h, Some("x=1&u=7"), ip)
+            .is_some());
+        assert!(HashPolicy::QueryParam("u".into())
+            .key(&h, None, ip)
+            .is_none());
+        assert!(HashPolicy::SourceIp.key(&h, None, ip).is_some());
     }
 
     #[test]

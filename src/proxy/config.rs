@@ -27,7 +27,7 @@ use serde::Deserialize;
 use crate::api::istio::{
     self, DestinationRuleSpec, HeaderOperations, HttpRoute, TrafficPolicy, VirtualServiceSpec,
 };
-use crate::proxy::balance::{self, Algorithm, Cluster, Endpoint, EndpointInfo};
+use crate::proxy::balance::{self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy};
 use crate::proxy::resilience::{
     self, Backoff, ConnectionPool, OutlierPolicy, PoolLimits, RetryConditions, RetryPolicy,
 };
@@ -350,7 +350,12 @@ pub fn build(
             warnings.push(format!("{key}: no endpoints"));
         }
         let object = rule.map_or_else(|| key.to_string(), |(n, _)| format!("DestinationRule {n}"));
-        let (algorithm, limits, outlier) = effective_policy(&object, policy.as_ref())?;
+        let EffectivePolicy {
+            algorithm,
+            limits,
+            outlier,
+            hash,
+        } = effective_policy(&object, policy.as_ref())?;
         let pool = previous
             .and_then(|p| p.clusters.get(&key))
             .filter(|c| *c.pool.limits() == limits)
@@ -363,7 +368,8 @@ pub fn build(
             pool,
             outlier,
             rule.map(|(n, _)| n.clone()),
-        );
+        )
+        .with_hash_policy(hash);
         clusters.insert(key, Arc::new(cluster));
     }
 
@@ -420,8 +426,14 @@ fn unsupported_in_destination_rule(object: &str, spec: &DestinationRuleSpec) -> 
         }));
     for (path, policy) in policies {
         if let Some(lb) = &policy.load_balancer {
-            if lb.consistent_hash.is_some() {
-                found.push(format!("{path}.loadBalancer.consistentHash"));
+            // Cookies are hashed when present; Envoy would also issue one with a ttl.
+            if lb
+                .consistent_hash
+                .as_ref()
+                .and_then(|c| c.http_cookie.as_ref())
+                .is_some_and(|c| c.ttl.is_some())
+            {
+                found.push(format!("{path}.loadBalancer.consistentHash.httpCookie.ttl"));
             }
             if lb
                 .locality_lb_setting
@@ -516,14 +528,25 @@ fn non_negative(object: &str, field: &str, value: Option<i32>) -> Result<Option<
     }
 }
 
-type EffectivePolicy = (Algorithm, PoolLimits, Option<OutlierPolicy>);
+/// A cluster's traffic policy after validation.
+struct EffectivePolicy {
+    algorithm: Algorithm,
+    limits: PoolLimits,
+    outlier: Option<OutlierPolicy>,
+    hash: Option<HashPolicy>,
+}
 
 fn effective_policy(
     object: &str,
     policy: Option<&TrafficPolicy>,
 ) -> Result<EffectivePolicy, Error> {
     let Some(policy) = policy else {
-        return Ok((Algorithm::LeastRequest, PoolLimits::default(), None));
+        return Ok(EffectivePolicy {
+            algorithm: Algorithm::LeastRequest,
+            limits: PoolLimits::default(),
+            outlier: None,
+            hash: None,
+        });
     };
     let field = "trafficPolicy.loadBalancer.simple";
     let algorithm = match policy
@@ -599,7 +622,61 @@ fn effective_policy(
             })
         }
     };
-    Ok((algorithm, limits, outlier))
+    let hash = match policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.consistent_hash.as_ref())
+    {
+        None => None,
+        Some(ch) => {
+            let f = "trafficPolicy.loadBalancer.consistentHash";
+            let mut set = Vec::new();
+            if let Some(h) = ch.http_header_name.as_ref().filter(|h| !h.is_empty()) {
+                http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    invalid(
+                        object,
+                        &format!("{f}.httpHeaderName"),
+                        "invalid header name",
+                    )
+                })?;
+                set.push(HashPolicy::Header(h.to_ascii_lowercase()));
+            }
+            if let Some(c) = &ch.http_cookie {
+                if c.name.is_empty() {
+                    return Err(invalid(
+                        object,
+                        &format!("{f}.httpCookie.name"),
+                        "must not be empty",
+                    ));
+                }
+                set.push(HashPolicy::Cookie(c.name.clone()));
+            }
+            if let Some(q) = ch
+                .http_query_parameter_name
+                .as_ref()
+                .filter(|q| !q.is_empty())
+            {
+                set.push(HashPolicy::QueryParam(q.clone()));
+            }
+            if ch.use_source_ip == Some(true) {
+                set.push(HashPolicy::SourceIp);
+            }
+            if set.len() != 1 {
+                return Err(invalid(
+                    object,
+                    f,
+                    "set exactly one of httpHeaderName, httpCookie, httpQueryParameterName, useSourceIp",
+                ));
+            }
+            set.pop()
+        }
+    };
+    Ok(EffectivePolicy {
+        algorithm,
+        limits,
+        outlier,
+        hash,
+    })
 }
 
 fn header_ops(
@@ -1030,7 +1107,7 @@ endpoints:
         let yaml = GOOD
             .replace(
                 "    subsets:",
-                "    trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}\n    subsets:",
+                "    trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}}\n    subsets:",
             )
             .replace(
                 "    - route:\n",
@@ -1040,7 +1117,7 @@ endpoints:
         assert_eq!(
             snap.warnings,
             [
-                "DestinationRule istioinaction/catalog: spec.trafficPolicy.loadBalancer.consistentHash is not enforced by sluice-proxy",
+                "DestinationRule istioinaction/catalog: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl is not enforced by sluice-proxy",
                 "VirtualService istioinaction/catalog: spec.http[1].corsPolicy is not enforced by sluice-proxy",
             ]
         );

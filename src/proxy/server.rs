@@ -179,6 +179,8 @@ struct Upstream<'a> {
     path_and_query: &'a str,
     headers: &'a HeaderMap,
     body: &'a Bytes,
+    /// Session-affinity key from the cluster's consistentHash, if the request has one.
+    affinity: Option<u64>,
 }
 
 // === impl Proxy (data path) ===
@@ -217,7 +219,7 @@ impl Proxy {
             flags: Vec::new(),
             retries: 0,
         };
-        let response = self.route_request(req, local_port, &mut record).await;
+        let response = self.route_request(req, local_port, peer, &mut record).await;
         self.finish(&record, &response, started, peer);
         response
     }
@@ -226,6 +228,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         local_port: u16,
+        peer: SocketAddr,
         record: &mut Record,
     ) -> Response<ProxyBody> {
         let snapshot = self.snapshot();
@@ -351,11 +354,16 @@ impl Proxy {
             .and_then(|r| r.retries.clone())
             .or_else(|| snapshot.default_retry.clone())
             .unwrap_or_else(RetryPolicy::off);
+        let affinity = cluster
+            .hash_policy
+            .as_ref()
+            .and_then(|p| p.key(&parts.headers, parts.uri.query(), peer.ip()));
         let upstream = Upstream {
             method: &parts.method,
             path_and_query: &path_and_query,
             headers: &headers,
             body: &body,
+            affinity,
         };
         let forward = self.forward_with_retries(&cluster, &policy, &upstream, record);
         let mut response = match route.and_then(|r| r.timeout) {
@@ -395,8 +403,13 @@ impl Proxy {
                 let mut rng = rand::rng();
                 (rng.random::<u64>(), rng.random::<u64>())
             };
-            let Some(endpoint) = cluster.pick(Instant::now(), &self.settings.zone, &tried, draws)
-            else {
+            let Some(endpoint) = cluster.pick_with_affinity(
+                Instant::now(),
+                &self.settings.zone,
+                &tried,
+                draws,
+                upstream.affinity,
+            ) else {
                 record.flag("UH");
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             };
