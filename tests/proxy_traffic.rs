@@ -321,6 +321,19 @@ async fn metrics_carry_istio_labels_and_buckets() {
         metric_sum(&text, "istio_request_duration_milliseconds_count", &labels),
         3.0
     );
+    assert_eq!(metric_sum(&text, "istio_request_bytes_count", &labels), 3.0);
+    // The response size is recorded when the body is done; allow the last one to land.
+    let mut response_sizes = 0.0;
+    for _ in 0..50 {
+        let text = client.admin(&proxy, "/metrics").await.body;
+        response_sizes = metric_sum(&text, "istio_response_bytes_count", &labels);
+        if response_sizes >= 3.0 {
+            assert!(metric_sum(&text, "istio_response_bytes_sum", &labels) > 100.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(response_sizes, 3.0);
     for le in ["0.5", "1.0", "3600000.0", "+Inf"] {
         assert!(
             text.contains(&format!("le=\"{le}\"")),

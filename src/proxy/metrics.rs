@@ -14,6 +14,9 @@ pub const DURATION_BUCKETS_MS: [f64; 19] = [
     60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
 ];
 
+/// Istio's bucket boundaries for request and response sizes, in bytes.
+pub const SIZE_BUCKETS_BYTES: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+
 pub const UNKNOWN: &str = "unknown";
 
 /// Istio's standard request labels. Values that are not known are `unknown`.
@@ -60,16 +63,22 @@ pub struct ReloadLabels {
     pub reason: String,
 }
 
-type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
+pub type HistogramFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS_MS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS_BYTES)
 }
 
 pub struct ProxyMetrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration_ms: HistogramFamily,
+    pub request_bytes: HistogramFamily,
+    pub response_bytes: HistogramFamily,
     pub retries: Family<ClusterLabels, Counter>,
     pub overflows: Family<OverflowLabels, Counter>,
     pub ejections: Family<EjectionLabels, Counter>,
@@ -90,6 +99,8 @@ impl ProxyMetrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let duration_ms: HistogramFamily = Family::new_with_constructor(duration_histogram);
+        let request_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
+        let response_bytes: HistogramFamily = Family::new_with_constructor(size_histogram);
         let retries = Family::<ClusterLabels, Counter>::default();
         let overflows = Family::<OverflowLabels, Counter>::default();
         let ejections = Family::<EjectionLabels, Counter>::default();
@@ -106,6 +117,16 @@ impl ProxyMetrics {
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds, Istio's standard metric",
             duration_ms.clone(),
+        );
+        registry.register(
+            "istio_request_bytes",
+            "Request body sizes in bytes, Istio's standard metric",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes in bytes, Istio's standard metric",
+            response_bytes.clone(),
         );
         registry.register(
             "sluice_proxy_upstream_retries",
@@ -141,6 +162,8 @@ impl ProxyMetrics {
             registry,
             requests,
             duration_ms,
+            request_bytes,
+            response_bytes,
             retries,
             overflows,
             ejections,

@@ -86,6 +86,7 @@ struct Record {
     endpoint: Option<Arc<Endpoint>>,
     flags: Vec<&'static str>,
     retries: u32,
+    request_bytes: u64,
 }
 
 impl Record {
@@ -173,6 +174,50 @@ impl Body for GuardedBody {
     }
 }
 
+/// The response body on its way to the client; records `istio_response_bytes` when it
+/// is done (or dropped, e.g. when the client goes away).
+struct CountingBody {
+    inner: ProxyBody,
+    bytes: u64,
+    sizes: crate::proxy::metrics::HistogramFamily,
+    labels: RequestLabels,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountingBody {
+    fn drop(&mut self) {
+        self.sizes
+            .get_or_create(&self.labels)
+            .observe(self.bytes as f64);
+    }
+}
+
 /// What the retry loop needs to build each try.
 struct Upstream<'a> {
     method: &'a Method,
@@ -218,10 +263,24 @@ impl Proxy {
             endpoint: None,
             flags: Vec::new(),
             retries: 0,
+            request_bytes: 0,
         };
         let response = self.route_request(req, local_port, peer, &mut record).await;
-        self.finish(&record, &response, started, peer);
-        response
+        let labels = self.finish(&record, &response, started, peer);
+        self.metrics
+            .request_bytes
+            .get_or_create(&labels)
+            .observe(record.request_bytes as f64);
+        let sizes = self.metrics.response_bytes.clone();
+        response.map(|inner| {
+            CountingBody {
+                inner,
+                bytes: 0,
+                sizes,
+                labels,
+            }
+            .boxed()
+        })
     }
 
     async fn route_request(
@@ -273,7 +332,11 @@ impl Proxy {
             .collect()
             .await
         {
-            Ok(collected) => collected.to_bytes(),
+            Ok(collected) => {
+                let bytes = collected.to_bytes();
+                record.request_bytes = bytes.len() as u64;
+                bytes
+            }
             Err(error) => {
                 if error.is::<http_body_util::LengthLimitError>() {
                     return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
@@ -616,7 +679,7 @@ impl Proxy {
         response: &Response<ProxyBody>,
         started: Instant,
         peer: SocketAddr,
-    ) {
+    ) -> RequestLabels {
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
         let flags = record.flags();
@@ -664,6 +727,7 @@ impl Proxy {
             let line = access_log_line(record, &now, status, elapsed, peer);
             tracing::info!(target: "sluice::access", "{line}");
         }
+        labels
     }
 
     fn settings_workload(&self) -> &str {
@@ -735,6 +799,7 @@ mod tests {
             endpoint: None,
             flags: Vec::new(),
             retries: 2,
+            request_bytes: 0,
         };
         record.flag("UO");
         record.flag("URX");
