@@ -265,6 +265,13 @@ pub fn build(
             .push(endpoint);
     }
 
+    for (i, o) in file.destination_rules.iter().enumerate() {
+        require_name(&format!("destinationRules[{i}]"), &o.metadata)?;
+    }
+    for (i, o) in file.virtual_services.iter().enumerate() {
+        require_name(&format!("virtualServices[{i}]"), &o.metadata)?;
+    }
+
     // DestinationRules by host FQDN; the first (by namespace/name) wins a host.
     let mut rules: Vec<&Object<DestinationRuleSpec>> = file.destination_rules.iter().collect();
     rules.sort_by_key(|o| object_name("", &o.metadata, default_ns));
@@ -384,6 +391,13 @@ pub fn build(
         default_retry: settings.default_retries.then(RetryPolicy::mesh_default),
         warnings,
     })
+}
+
+fn require_name(object: &str, meta: &ObjectMeta) -> Result<(), Error> {
+    if meta.name.trim().is_empty() {
+        return Err(invalid(object, "metadata.name", "must not be empty"));
+    }
+    Ok(())
 }
 
 /// The subset's policy overrides the top-level policy field by field.
@@ -1060,6 +1074,7 @@ endpoints:
             ("{exact: internal}", "{regex: \"(\"}", "VirtualService istioinaction/catalog: spec.http[0].match[0].headers.x-istio-cohort: invalid regex"),
             ("    subsets:", "    trafficPolicy: {loadBalancer: {simple: FASTEST}}\n    subsets:", "DestinationRule istioinaction/catalog: trafficPolicy.loadBalancer.simple: unknown load balancer \"FASTEST\""),
             ("127.0.0.1:3001", "localhost", "endpoints[0]: address"),
+            ("metadata: {name: catalog}\n  spec:\n    hosts", "metadata: {name: \"\"}\n  spec:\n    hosts", "virtualServices[0]: metadata.name: must not be empty"),
         ];
         for (from, to, want) in cases {
             let yaml = GOOD.replacen(from, to, 1);
