@@ -410,3 +410,39 @@ async fn mesh_default_retries_cover_connect_failures_and_can_be_turned_off() {
         10.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_are_flagged_uc_and_retried_on_reset() {
+    let client = HttpClient::default();
+    let good = demo("simple-backend", "v1", |_| {}).await;
+    let resetting = demo("simple-backend", "v2", |c| {
+        c.error_rate = 1.0;
+        c.error_kind = sluice::demo::ErrorKind::Reset;
+    })
+    .await;
+    let endpoints = [good.addr, resetting.addr];
+    let proxy = start_proxy(
+        &backend_yaml(&endpoints, "", ROUND_ROBIN),
+        settings("istioinaction", false),
+    )
+    .await;
+    assert_eq!(failures(&client, &proxy, 10).await, 5);
+    let metrics = client.admin(&proxy, "/metrics").await.body;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "istio_requests_total",
+            &[("response_code", "503"), ("response_flags", "UC")]
+        ),
+        5.0
+    );
+    proxy
+        .proxy
+        .apply(&parse(&backend_yaml(
+            &endpoints,
+            "      retries: {attempts: 1, retryOn: reset}",
+            ROUND_ROBIN,
+        )))
+        .unwrap();
+    assert_eq!(failures(&client, &proxy, 10).await, 0);
+}
