@@ -81,7 +81,8 @@ async fn binaries_route_by_file_config_and_reject_bad_files() {
                 &admin.to_string(),
             ])
             .args(["--namespace", "istioinaction", "--default-retries", "false"])
-            .args(["--reload-poll", "100ms"])
+            // Polling effectively off: the reload below must come from SIGHUP.
+            .args(["--reload-poll", "1h"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -112,6 +113,39 @@ async fn binaries_route_by_file_config_and_reject_bad_files() {
     assert!(routes
         .body
         .contains("outbound|version-v2|catalog.istioinaction.svc.cluster.local"));
+
+    // Edit the file (everything to v2) and send SIGHUP: the new table is applied.
+    std::fs::write(
+        &path,
+        config
+            .replace("weight: 90", "weight: 0")
+            .replace("weight: 10", "weight: 100"),
+    )
+    .unwrap();
+    let hup = Command::new("kill")
+        .args(["-HUP", &proxy.0.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    let mut all_v2 = false;
+    for _ in 0..100 {
+        let mut v2 = 0;
+        for _ in 0..10 {
+            v2 += usize::from(
+                client
+                    .get(listen, "catalog", "/items", &[])
+                    .await
+                    .body
+                    .contains("imageUrl"),
+            );
+        }
+        if v2 == 10 {
+            all_v2 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(all_v2, "SIGHUP did not reload the file");
     drop(proxy);
 
     // A bad file at startup: the proxy exits non-zero naming the object and field.
