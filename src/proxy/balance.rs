@@ -65,6 +65,15 @@ impl HashPolicy {
     }
 }
 
+/// Per-request inputs to `Cluster::pick_with` beyond the draws.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PickOptions {
+    /// Session-affinity key (consistentHash); None = the cluster's balancer decides.
+    pub affinity: Option<u64>,
+    /// Retries may leave the proxy's locality once its endpoints were all tried.
+    pub remote_localities: bool,
+}
+
 /// Rendezvous (highest random weight) score: a key keeps its endpoint while that
 /// endpoint stays, and only the keys of a removed endpoint move.
 fn rendezvous_score(key: u64, address: SocketAddr) -> u64 {
@@ -243,9 +252,11 @@ impl Cluster {
         self
     }
 
-    /// Endpoints the balancer may use: not ejected, unless fewer than `minHealthPercent`
-    /// are healthy (then all, like Envoy's panic mode); preferring the proxy's locality.
-    fn candidates(&self, now: Instant, own_zone: &str) -> Vec<&Arc<Endpoint>> {
+    /// Endpoints the balancer may use, best locality first: not ejected (unless fewer
+    /// than `minHealthPercent` are healthy: then all, like Envoy's panic mode); with
+    /// locality awareness split into same zone, same region, elsewhere (empty tiers
+    /// left out).
+    fn candidate_tiers(&self, now: Instant, own_zone: &str) -> Vec<Vec<&Arc<Endpoint>>> {
         let healthy: Vec<&Arc<Endpoint>> = self
             .endpoints
             .iter()
@@ -258,27 +269,18 @@ impl Cluster {
             healthy
         };
         if !self.locality_aware || own_zone.is_empty() {
-            return pool;
+            return vec![pool];
         }
-        // Same zone first, then same region, then anywhere.
         let region = own_zone.split('/').next().unwrap_or("");
-        let same_zone: Vec<_> = pool
-            .iter()
-            .copied()
-            .filter(|e| e.info.zone == own_zone)
-            .collect();
-        if !same_zone.is_empty() {
-            return same_zone;
-        }
-        let same_region: Vec<_> = pool
-            .iter()
-            .copied()
-            .filter(|e| !region.is_empty() && e.info.zone.split('/').next() == Some(region))
-            .collect();
-        if !same_region.is_empty() {
-            return same_region;
-        }
-        pool
+        let (same_zone, other): (Vec<_>, Vec<_>) =
+            pool.into_iter().partition(|e| e.info.zone == own_zone);
+        let (same_region, elsewhere): (Vec<_>, Vec<_>) = other
+            .into_iter()
+            .partition(|e| !region.is_empty() && e.info.zone.split('/').next() == Some(region));
+        [same_zone, same_region, elsewhere]
+            .into_iter()
+            .filter(|tier| !tier.is_empty())
+            .collect()
     }
 
     /// Picks an endpoint, avoiding `tried` when another is available. `draws` are two
@@ -290,29 +292,41 @@ impl Cluster {
         tried: &[SocketAddr],
         draws: (u64, u64),
     ) -> Option<Arc<Endpoint>> {
-        self.pick_with_affinity(now, own_zone, tried, draws, None)
+        self.pick_with(now, own_zone, tried, draws, PickOptions::default())
     }
 
-    /// Like `pick`; with an affinity key the endpoint is chosen by rendezvous hashing.
-    pub fn pick_with_affinity(
+    /// Like `pick`, with session affinity and remote-locality retries.
+    pub fn pick_with(
         &self,
         now: Instant,
         own_zone: &str,
         tried: &[SocketAddr],
         draws: (u64, u64),
-        affinity: Option<u64>,
+        options: PickOptions,
     ) -> Option<Arc<Endpoint>> {
-        let all = self.candidates(now, own_zone);
-        let fresh: Vec<_> = all
+        let tiers = self.candidate_tiers(now, own_zone);
+        let untried =
+            |tier: &Vec<&Arc<Endpoint>>| tier.iter().any(|e| !tried.contains(&e.info.address));
+        // The best locality, or with retryRemoteLocalities the best one not yet exhausted.
+        let tier = if options.remote_localities {
+            tiers.iter().find(|t| untried(t)).or(tiers.first())
+        } else {
+            tiers.first()
+        }?;
+        let fresh: Vec<_> = tier
             .iter()
             .copied()
             .filter(|e| !tried.contains(&e.info.address))
             .collect();
-        let set = if fresh.is_empty() { all } else { fresh };
+        let set = if fresh.is_empty() {
+            tier.clone()
+        } else {
+            fresh
+        };
         if set.is_empty() {
             return None;
         }
-        if let Some(key) = affinity {
+        if let Some(key) = options.affinity {
             return set
                 .iter()
                 .max_by_key(|e| rendezvous_score(key, e.info.address))
@@ -514,6 +528,30 @@ mod tests {
         assert_eq!(port(&c.pick(now, "us-west1/us-west1-a", &[], (0, 0))), 2);
     }
 
+    fn affine(key: u64) -> PickOptions {
+        PickOptions {
+            affinity: Some(key),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retries_leave_the_locality_only_when_allowed() {
+        let west_a = endpoint(1, "us-west1/us-west1-a");
+        let west_b = endpoint(2, "us-west1/us-west1-b");
+        let c = cluster(Algorithm::RoundRobin, vec![west_a, west_b], Some(od()));
+        let now = Instant::now();
+        let tried = [SocketAddr::from(([127, 0, 0, 1], 1))];
+        let local_only = PickOptions::default();
+        let remote = PickOptions {
+            remote_localities: true,
+            ..Default::default()
+        };
+        let zone = "us-west1/us-west1-a";
+        assert_eq!(port(&c.pick_with(now, zone, &tried, (0, 0), local_only)), 1);
+        assert_eq!(port(&c.pick_with(now, zone, &tried, (0, 0), remote)), 2);
+    }
+
     #[test]
     fn affinity_keeps_a_key_on_its_endpoint() {
         let endpoints: Vec<_> = (1..=4).map(|p| endpoint(p, "")).collect();
@@ -521,10 +559,10 @@ mod tests {
         let now = Instant::now();
         let mut chosen = std::collections::BTreeMap::new();
         for key in 0..64u64 {
-            let first = port(&c.pick_with_affinity(now, "", &[], (key, key), Some(key)));
+            let first = port(&c.pick_with(now, "", &[], (key, key), affine(key)));
             for draw in 0..5 {
                 assert_eq!(
-                    port(&c.pick_with_affinity(now, "", &[], (draw, draw), Some(key))),
+                    port(&c.pick_with(now, "", &[], (draw, draw), affine(key))),
                     first
                 );
             }
@@ -536,7 +574,7 @@ mod tests {
         // Removing endpoint 4 moves only the keys that were on it.
         let smaller = cluster(Algorithm::Random, endpoints[..3].to_vec(), None);
         for (key, before) in chosen {
-            let after = port(&smaller.pick_with_affinity(now, "", &[], (0, 0), Some(key)));
+            let after = port(&smaller.pick_with(now, "", &[], (0, 0), affine(key)));
             if before != 4 {
                 assert_eq!(after, before, "key {key} moved");
             }

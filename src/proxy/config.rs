@@ -473,13 +473,6 @@ fn unsupported_in_virtual_service(object: &str, spec: &VirtualServiceSpec) -> Ve
         if http.cors_policy.is_some() {
             found.push(format!("http[{i}].corsPolicy"));
         }
-        if http
-            .retries
-            .as_ref()
-            .is_some_and(|r| r.retry_remote_localities.is_some())
-        {
-            found.push(format!("http[{i}].retries.retryRemoteLocalities"));
-        }
     }
     found
         .into_iter()
@@ -917,6 +910,7 @@ fn build_route(
                 per_try_timeout,
                 conditions,
                 backoff: Backoff::default(),
+                remote_localities: r.retry_remote_localities.unwrap_or(false),
             })
         }
     };

@@ -116,6 +116,8 @@ pub struct RetryPolicy {
     pub per_try_timeout: Option<Duration>,
     pub conditions: RetryConditions,
     pub backoff: Backoff,
+    /// `retryRemoteLocalities`: retries may go to other localities.
+    pub remote_localities: bool,
 }
 
 impl RetryPolicy {
@@ -131,6 +133,7 @@ impl RetryPolicy {
                 ..Default::default()
             },
             backoff: Backoff::default(),
+            remote_localities: false,
         }
     }
 
@@ -140,6 +143,7 @@ impl RetryPolicy {
             per_try_timeout: None,
             conditions: RetryConditions::default(),
             backoff: Backoff::default(),
+            remote_localities: false,
         }
     }
 
@@ -504,6 +508,7 @@ mod tests {
             per_try_timeout: None,
             conditions: RetryConditions::parse("f", "5xx").unwrap(),
             backoff: Backoff::default(),
+            remote_localities: false,
         };
         let o = TryOutcome::Response(503);
         assert!(p.allows_retry(1, o));

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::RngExt;
 use tokio::net::TcpListener;
 
-use crate::proxy::balance::{Cluster, Endpoint, InFlight};
+use crate::proxy::balance::{Cluster, Endpoint, InFlight, PickOptions};
 use crate::proxy::config::Snapshot;
 use crate::proxy::metrics::{EjectionLabels, OverflowLabels, ProxyMetrics, RequestLabels, UNKNOWN};
 use crate::proxy::resilience::{Overflow, PoolGuard, RetryPolicy, TryOutcome};
@@ -466,13 +466,13 @@ impl Proxy {
                 let mut rng = rand::rng();
                 (rng.random::<u64>(), rng.random::<u64>())
             };
-            let Some(endpoint) = cluster.pick_with_affinity(
-                Instant::now(),
-                &self.settings.zone,
-                &tried,
-                draws,
-                upstream.affinity,
-            ) else {
+            let options = PickOptions {
+                affinity: upstream.affinity,
+                remote_localities: policy.remote_localities,
+            };
+            let Some(endpoint) =
+                cluster.pick_with(Instant::now(), &self.settings.zone, &tried, draws, options)
+            else {
                 record.flag("UH");
                 return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
             };
