@@ -4,5 +4,7 @@
 pub mod analysis;
 pub mod api;
 pub mod controller;
+pub mod demo;
+pub mod proxy;
 pub mod rollout;
 pub mod router;

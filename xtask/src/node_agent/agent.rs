@@ -261,6 +261,10 @@ impl Agent {
             .await?;
         }
         std::fs::create_dir_all(self.config.state_dir.join("logs/pods"))?;
+        if self.config.mode == RunMode::Processes {
+            // Mount point for the pods' ServiceAccount files (an empty directory).
+            std::fs::create_dir_all(containers::SERVICE_ACCOUNT_MOUNT)?;
+        }
         let kubelet_api_task = match (&self.config.kubelet_api, self.config.mode) {
             (Some(api), RunMode::Processes) => Some(kubelet_api::spawn(api.clone()).await?),
             _ => None,
@@ -692,8 +696,13 @@ impl Agent {
             .status
             .map(|s| s.token)
             .ok_or_else(|| anyhow::anyhow!("TokenRequest returned no token"))?;
-        let token_path = runtime.dir.join("token");
-        let staged = runtime.dir.join("token.tmp");
+        // The same files a kubelet mounts for in-cluster config.
+        let sa_dir = runtime.dir.join("serviceaccount");
+        std::fs::create_dir_all(&sa_dir)?;
+        std::fs::copy(&self.config.ca_file, sa_dir.join("ca.crt"))?;
+        std::fs::write(sa_dir.join("namespace"), &runtime.namespace)?;
+        let token_path = sa_dir.join("token");
+        let staged = sa_dir.join("token.tmp");
         std::fs::write(&staged, token)?;
         std::fs::rename(&staged, &token_path)?;
         let kubeconfig = json!({
@@ -1043,6 +1052,15 @@ impl Agent {
         env.insert("IMAGE_TAG".into(), image.tag.clone());
         if let Some(kubeconfig) = &runtime.kubeconfig {
             env.insert("KUBECONFIG".into(), kubeconfig.display().to_string());
+            // For clients that use in-cluster config instead of KUBECONFIG.
+            env.insert(
+                "KUBERNETES_SERVICE_HOST".into(),
+                self.config.gateway().to_string(),
+            );
+            env.insert(
+                "KUBERNETES_SERVICE_PORT".into(),
+                self.config.apiserver_port.to_string(),
+            );
         }
         let config_error = |message: String| ("CreateContainerConfigError".to_string(), message);
         for source in container.env_from.as_deref().unwrap_or_default() {
@@ -1159,6 +1177,10 @@ impl Agent {
             working_dir,
             log_file,
             netns: runtime.net.as_ref().map(|n| n.netns.clone()),
+            service_account_dir: runtime
+                .kubeconfig
+                .as_ref()
+                .map(|_| runtime.dir.join("serviceaccount")),
         })
     }
 

@@ -33,7 +33,13 @@ pub struct LaunchSpec {
     /// None runs the process in the host's namespace (unused for real pods; kept
     /// so the process handling can be exercised without root).
     pub netns: Option<String>,
+    /// Mounted over [`SERVICE_ACCOUNT_MOUNT`] for this process only (needs `netns`),
+    /// so clients using in-cluster config find token, ca.crt and namespace.
+    pub service_account_dir: Option<PathBuf>,
 }
+
+/// Where in-cluster clients (client-go, kube-rs) look for the ServiceAccount files.
+pub const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// Starts the process in its own process group so that signals reach its children too.
 pub fn spawn(spec: &LaunchSpec) -> Result<Child, SpawnError> {
@@ -49,13 +55,25 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Child, SpawnError> {
     };
     let stdout = open_log()?;
     let stderr = open_log()?;
-    let mut command = match &spec.netns {
-        Some(netns) => {
+    let mut command = match (&spec.netns, &spec.service_account_dir) {
+        // `ip netns exec` gives the process a private mount namespace (slave to the
+        // host's), so this bind mount is seen by the pod's processes only.
+        (Some(netns), Some(sa_dir)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", netns, "/bin/sh", "-c"])
+                .arg(format!(
+                    "mount --bind \"$0\" {SERVICE_ACCOUNT_MOUNT} && exec \"$@\""
+                ))
+                .arg(sa_dir)
+                .arg(&spec.program);
+            c
+        }
+        (Some(netns), None) => {
             let mut c = Command::new("ip");
             c.args(["netns", "exec", netns]).arg(&spec.program);
             c
         }
-        None => Command::new(&spec.program),
+        (None, _) => Command::new(&spec.program),
     };
     command
         .args(&spec.args)
@@ -247,6 +265,7 @@ mod tests {
             working_dir: dir.clone(),
             log_file: dir.join("out.log"),
             netns: None,
+            service_account_dir: None,
         };
         let mut child = spawn(&spec).expect("spawn sh");
         let pid = child.id().expect("pid");

@@ -1,0 +1,158 @@
+//! sluice-proxy: enforces Istio VirtualService/DestinationRule objects where no Istio
+//! runs. File mode (`--config`): objects and endpoints come from a YAML file, reloaded
+//! when it changes or on SIGHUP. Kubernetes mode (`--kube`): VirtualServices,
+//! DestinationRules, EndpointSlices and Pods are watched in `--namespace`. Either way an
+//! invalid config is rejected and the last good one stays.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice::proxy::config::ProxySettings;
+use sluice::proxy::routes::SourceIdentity;
+use sluice::proxy::{Proxy, ProxyOptions};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sluice-proxy",
+    about = "Enforces Istio VirtualService/DestinationRule without Istio"
+)]
+struct Args {
+    /// File mode: YAML file with virtualServices, destinationRules and endpoints.
+    #[arg(
+        long,
+        env = "SLUICE_PROXY_CONFIG",
+        required_unless_present = "kube",
+        conflicts_with = "kube"
+    )]
+    config: Option<PathBuf>,
+    /// Kubernetes mode: watch the objects in --namespace (in-cluster or kubeconfig).
+    #[arg(long, env = "SLUICE_PROXY_KUBE")]
+    kube: bool,
+    /// Traffic port.
+    #[arg(long, env = "SLUICE_PROXY_LISTEN", default_value = "0.0.0.0:15001")]
+    listen: SocketAddr,
+    /// Admin port: /metrics, /config/routes, /config/clusters, /config/endpoints, /stats.
+    #[arg(long, env = "SLUICE_PROXY_ADMIN", default_value = "0.0.0.0:15000")]
+    admin: SocketAddr,
+    /// Namespace short request hosts resolve in (and objects without one default to).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// This proxy's workload (source_workload in metrics).
+    #[arg(long, env = "SLUICE_WORKLOAD")]
+    workload: Option<String>,
+    /// This proxy's workload labels, for `sourceLabels` matches: app=webapp,version=v1
+    #[arg(long, env = "SLUICE_SOURCE_LABELS", default_value = "")]
+    source_labels: String,
+    /// Gateways this proxy acts as (repeatable); `mesh` = a sidecar.
+    #[arg(
+        long = "gateway",
+        env = "SLUICE_GATEWAYS",
+        value_delimiter = ',',
+        default_value = "mesh"
+    )]
+    gateways: Vec<String>,
+    /// This proxy's locality `region/zone`, for locality-aware balancing.
+    #[arg(long, env = "SLUICE_ZONE", default_value = "")]
+    zone: String,
+    /// Istio's mesh default retry policy (2 retries on connect-failure/refused-stream)
+    /// for routes without `retries`; `false` = defaultHttpRetryPolicy.attempts=0.
+    #[arg(long, env = "SLUICE_DEFAULT_RETRIES", default_value_t = true, action = clap::ArgAction::Set)]
+    default_retries: bool,
+    /// Append `-shadow` to mirrored copies' Host (Istio <= 1.27 behaviour).
+    #[arg(long, env = "SLUICE_SHADOW_HOST_SUFFIX", default_value_t = true, action = clap::ArgAction::Set)]
+    shadow_host_suffix: bool,
+    /// Access log lines (target sluice::access).
+    #[arg(long, env = "SLUICE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    access_log: bool,
+    /// How often the config file is checked for changes.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    reload_poll: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    sluice::api::istio::parse_duration(text)
+}
+
+fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--source-labels: {pair:?} is not key=value"))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let settings = ProxySettings {
+        namespace: args.namespace.clone(),
+        identity: SourceIdentity {
+            labels: parse_labels(&args.source_labels)?,
+            namespace: args.namespace.clone(),
+            gateways: args.gateways.clone(),
+        },
+        zone: args.zone.clone(),
+        default_retries: args.default_retries,
+    };
+    let options = ProxyOptions {
+        shadow_host_suffix: args.shadow_host_suffix,
+        workload: args.workload.clone(),
+        access_log: args.access_log,
+        ..ProxyOptions::default()
+    };
+    let proxy = Proxy::new(settings, options);
+    let kube_client = match &args.config {
+        Some(path) => {
+            proxy
+                .apply_file(path)
+                .with_context(|| format!("initial configuration {} rejected", path.display()))?;
+            None
+        }
+        None => Some(
+            kube::Client::try_default()
+                .await
+                .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?,
+        ),
+    };
+
+    let traffic = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let admin = tokio::net::TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin))?;
+    tracing::info!(listen = %traffic.local_addr()?, admin = %admin.local_addr()?, "sluice-proxy started");
+    tokio::spawn(sluice::proxy::admin::serve(proxy.clone(), admin));
+    if let Some(path) = &args.config {
+        tokio::spawn(sluice::proxy::watch_file(
+            proxy.clone(),
+            path.clone(),
+            args.reload_poll,
+        ));
+    }
+    if let Some(client) = kube_client {
+        let (proxy, namespace) = (proxy.clone(), args.namespace.clone());
+        tokio::spawn(async move {
+            if let Err(error) = sluice::proxy::k8s::run(proxy, client, namespace).await {
+                tracing::error!(%error, "kubernetes watch stopped");
+            }
+        });
+    }
+    tokio::select! {
+        _ = sluice::proxy::server::serve(proxy, traffic) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,622 @@
+//! Clusters (a service or one of its subsets), their endpoints' live state, and the load
+//! balancers that pick an endpoint for each try.
+
+use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::proxy::resilience::{ConnectionPool, OutlierPolicy, OutlierState, TryOutcome};
+use crate::proxy::routes::ClusterKey;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("{field}: unknown load balancer {value:?} (expected ROUND_ROBIN, RANDOM, LEAST_REQUEST, LEAST_CONN or PEAK_EWMA)")]
+    UnknownBalancer { field: String, value: String },
+}
+
+/// `loadBalancer.consistentHash`: what a request's affinity key is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashPolicy {
+    Header(String),
+    Cookie(String),
+    QueryParam(String),
+    SourceIp,
+}
+
+impl HashPolicy {
+    pub fn describe(&self) -> String {
+        match self {
+            HashPolicy::Header(h) => format!("httpHeaderName:{h}"),
+            HashPolicy::Cookie(c) => format!("httpCookie:{c}"),
+            HashPolicy::QueryParam(q) => format!("httpQueryParameterName:{q}"),
+            HashPolicy::SourceIp => "useSourceIp".into(),
+        }
+    }
+
+    /// The request's affinity key, or None when the request does not carry it (then the
+    /// cluster's normal balancer decides).
+    pub fn key(&self, headers: &http::HeaderMap, query: Option<&str>, peer: IpAddr) -> Option<u64> {
+        let mut hasher = DefaultHasher::new();
+        match self {
+            HashPolicy::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut hasher),
+            HashPolicy::Cookie(name) => headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then_some(v)
+                })?
+                .hash(&mut hasher),
+            HashPolicy::QueryParam(name) => query?
+                .split('&')
+                .find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == name).then_some(v)
+                })?
+                .hash(&mut hasher),
+            HashPolicy::SourceIp => peer.hash(&mut hasher),
+        }
+        Some(hasher.finish())
+    }
+}
+
+/// Per-request inputs to `Cluster::pick_with` beyond the draws.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PickOptions {
+    /// Session-affinity key (consistentHash); None = the cluster's balancer decides.
+    pub affinity: Option<u64>,
+    /// Retries may leave the proxy's locality once its endpoints were all tried.
+    pub remote_localities: bool,
+}
+
+/// Rendezvous (highest random weight) score: a key keeps its endpoint while that
+/// endpoint stays, and only the keys of a removed endpoint move.
+fn rendezvous_score(key: u64, address: SocketAddr) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    address.hash(&mut hasher);
+    hasher.finish()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    Random,
+    /// Two random choices, fewer in-flight requests wins (Istio's default).
+    LeastRequest,
+    /// Two random choices, lower (peak EWMA latency x (in-flight + 1)) wins. Not an
+    /// Istio name: a sluice extension for latency-aware balancing.
+    PeakEwma,
+}
+
+impl Algorithm {
+    pub fn parse(field: &str, simple: &str) -> Result<Self, Error> {
+        match simple {
+            "ROUND_ROBIN" => Ok(Algorithm::RoundRobin),
+            "RANDOM" => Ok(Algorithm::Random),
+            "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" => Ok(Algorithm::LeastRequest),
+            "PEAK_EWMA" => Ok(Algorithm::PeakEwma),
+            other => Err(Error::UnknownBalancer {
+                field: field.into(),
+                value: other.into(),
+            }),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "ROUND_ROBIN",
+            Algorithm::Random => "RANDOM",
+            Algorithm::LeastRequest => "LEAST_REQUEST",
+            Algorithm::PeakEwma => "PEAK_EWMA",
+        }
+    }
+}
+
+/// An endpoint as configured (file mode) or discovered (EndpointSlice + Pod).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct EndpointInfo {
+    pub address: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    /// `region/zone` (or `region/zone/subzone`), empty if unknown.
+    pub zone: String,
+    pub workload: Option<String>,
+    pub namespace: String,
+    /// Speak HTTP/2 with prior knowledge (h2c) to this endpoint.
+    pub http2: bool,
+}
+
+/// How fast the EWMA forgets: the decay time constant.
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// An endpoint's live state, shared by every cluster that contains it and kept across
+/// reloads (keyed by service and address) so ejections and EWMA survive a config change.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub info: EndpointInfo,
+    pub in_flight: AtomicU32,
+    pub outlier: Mutex<OutlierState>,
+    pub ejections_total: AtomicU64,
+    /// (EWMA latency in ns, last update).
+    ewma: Mutex<(f64, Option<Instant>)>,
+}
+
+impl Endpoint {
+    pub fn new(info: EndpointInfo) -> Self {
+        Endpoint {
+            info,
+            in_flight: AtomicU32::new(0),
+            outlier: Mutex::new(OutlierState::default()),
+            ejections_total: AtomicU64::new(0),
+            ewma: Mutex::new((0.0, None)),
+        }
+    }
+
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        self.outlier
+            .lock()
+            .map(|o| o.is_ejected(now))
+            .unwrap_or(false)
+    }
+
+    /// Peak EWMA: a slower sample takes over at once, faster ones decay in.
+    pub fn observe_latency(&self, latency: Duration, now: Instant) {
+        let Ok(mut ewma) = self.ewma.lock() else {
+            return;
+        };
+        let sample = latency.as_nanos() as f64;
+        let (value, last) = *ewma;
+        let next = match last {
+            None => sample,
+            Some(_) if sample > value => sample,
+            Some(last) => {
+                let elapsed = now.saturating_duration_since(last).as_secs_f64();
+                let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+                value * w + sample * (1.0 - w)
+            }
+        };
+        *ewma = (next, Some(now));
+    }
+
+    fn ewma_cost(&self) -> f64 {
+        let latency = self.ewma.lock().map(|e| e.0).unwrap_or(0.0);
+        let in_flight = f64::from(self.in_flight.load(Ordering::Relaxed));
+        // Unknown latency is treated as cheap so new endpoints get probed.
+        latency.max(1.0) * (in_flight + 1.0)
+    }
+}
+
+/// Marks an endpoint busy for the duration of a try.
+pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A cluster: a service or subset with its endpoints and effective traffic policy.
+#[derive(Debug)]
+pub struct Cluster {
+    pub key: ClusterKey,
+    pub endpoints: Vec<Arc<Endpoint>>,
+    pub algorithm: Algorithm,
+    pub pool: Arc<ConnectionPool>,
+    pub outlier: Option<OutlierPolicy>,
+    /// Prefer endpoints in the proxy's own locality (Istio enables this only together
+    /// with outlier detection, so failover has a signal).
+    pub locality_aware: bool,
+    /// Which DestinationRule supplied the policy (`namespace/name`), if any.
+    pub destination_rule: Option<String>,
+    /// Session affinity; requests without the key use `algorithm`.
+    pub hash_policy: Option<HashPolicy>,
+    round_robin: AtomicUsize,
+}
+
+impl Cluster {
+    pub fn new(
+        key: ClusterKey,
+        endpoints: Vec<Arc<Endpoint>>,
+        algorithm: Algorithm,
+        pool: Arc<ConnectionPool>,
+        outlier: Option<OutlierPolicy>,
+        destination_rule: Option<String>,
+    ) -> Self {
+        Cluster {
+            key,
+            endpoints,
+            algorithm,
+            pool,
+            locality_aware: outlier.is_some(),
+            outlier,
+            destination_rule,
+            hash_policy: None,
+            round_robin: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn with_hash_policy(mut self, policy: Option<HashPolicy>) -> Self {
+        self.hash_policy = policy;
+        self
+    }
+
+    /// Endpoints the balancer may use, best locality first: not ejected (unless fewer
+    /// than `minHealthPercent` are healthy: then all, like Envoy's panic mode); with
+    /// locality awareness split into same zone, same region, elsewhere (empty tiers
+    /// left out).
+    fn candidate_tiers(&self, now: Instant, own_zone: &str) -> Vec<Vec<&Arc<Endpoint>>> {
+        let healthy: Vec<&Arc<Endpoint>> = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.is_ejected(now))
+            .collect();
+        let min_health = self.outlier.as_ref().map_or(0, |o| o.min_health_percent) as usize;
+        let pool = if min_health > 0 && healthy.len() * 100 < self.endpoints.len() * min_health {
+            self.endpoints.iter().collect()
+        } else {
+            healthy
+        };
+        if !self.locality_aware || own_zone.is_empty() {
+            return vec![pool];
+        }
+        let region = own_zone.split('/').next().unwrap_or("");
+        let (same_zone, other): (Vec<_>, Vec<_>) =
+            pool.into_iter().partition(|e| e.info.zone == own_zone);
+        let (same_region, elsewhere): (Vec<_>, Vec<_>) = other
+            .into_iter()
+            .partition(|e| !region.is_empty() && e.info.zone.split('/').next() == Some(region));
+        [same_zone, same_region, elsewhere]
+            .into_iter()
+            .filter(|tier| !tier.is_empty())
+            .collect()
+    }
+
+    /// Picks an endpoint, avoiding `tried` when another is available. `draws` are two
+    /// uniform random numbers. None = no healthy upstream (UH).
+    pub fn pick(
+        &self,
+        now: Instant,
+        own_zone: &str,
+        tried: &[SocketAddr],
+        draws: (u64, u64),
+    ) -> Option<Arc<Endpoint>> {
+        self.pick_with(now, own_zone, tried, draws, PickOptions::default())
+    }
+
+    /// Like `pick`, with session affinity and remote-locality retries.
+    pub fn pick_with(
+        &self,
+        now: Instant,
+        own_zone: &str,
+        tried: &[SocketAddr],
+        draws: (u64, u64),
+        options: PickOptions,
+    ) -> Option<Arc<Endpoint>> {
+        let tiers = self.candidate_tiers(now, own_zone);
+        let untried =
+            |tier: &Vec<&Arc<Endpoint>>| tier.iter().any(|e| !tried.contains(&e.info.address));
+        // The best locality, or with retryRemoteLocalities the best one not yet exhausted.
+        let tier = if options.remote_localities {
+            tiers.iter().find(|t| untried(t)).or(tiers.first())
+        } else {
+            tiers.first()
+        }?;
+        let fresh: Vec<_> = tier
+            .iter()
+            .copied()
+            .filter(|e| !tried.contains(&e.info.address))
+            .collect();
+        let set = if fresh.is_empty() {
+            tier.clone()
+        } else {
+            fresh
+        };
+        if set.is_empty() {
+            return None;
+        }
+        if let Some(key) = options.affinity {
+            return set
+                .iter()
+                .max_by_key(|e| rendezvous_score(key, e.info.address))
+                .map(|e| (*e).clone());
+        }
+        let n = set.len() as u64;
+        let chosen = match self.algorithm {
+            Algorithm::RoundRobin => {
+                let i = self.round_robin.fetch_add(1, Ordering::Relaxed);
+                set[i % set.len()]
+            }
+            Algorithm::Random => set[(draws.0 % n) as usize],
+            Algorithm::LeastRequest | Algorithm::PeakEwma => {
+                let a = set[(draws.0 % n) as usize];
+                // The second choice is a different endpoint when there are several.
+                let b = if n > 1 {
+                    let offset = 1 + draws.1 % (n - 1);
+                    set[((draws.0 + offset) % n) as usize]
+                } else {
+                    a
+                };
+                let prefer_b = if self.algorithm == Algorithm::LeastRequest {
+                    b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed)
+                } else {
+                    b.ewma_cost() < a.ewma_cost()
+                };
+                if prefer_b {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(chosen.clone())
+    }
+
+    /// Feeds an outcome to outlier detection; returns the ejection time if the endpoint
+    /// was ejected by this outcome.
+    pub fn record_outcome(
+        &self,
+        endpoint: &Endpoint,
+        outcome: TryOutcome,
+        now: Instant,
+    ) -> Option<Duration> {
+        let policy = self.outlier.as_ref()?;
+        let ejected_now = self.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        let mut state = endpoint.outlier.lock().ok()?;
+        if !state.record(policy, outcome, now) {
+            return None;
+        }
+        if !policy.may_eject(self.endpoints.len(), ejected_now) {
+            return None;
+        }
+        endpoint.ejections_total.fetch_add(1, Ordering::Relaxed);
+        Some(state.eject(policy, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::resilience::PoolLimits;
+
+    fn endpoint(port: u16, zone: &str) -> Arc<Endpoint> {
+        Arc::new(Endpoint::new(EndpointInfo {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            labels: BTreeMap::new(),
+            zone: zone.into(),
+            workload: None,
+            namespace: "default".into(),
+            http2: false,
+        }))
+    }
+
+    fn cluster(
+        algorithm: Algorithm,
+        endpoints: Vec<Arc<Endpoint>>,
+        outlier: Option<OutlierPolicy>,
+    ) -> Cluster {
+        Cluster::new(
+            ClusterKey {
+                service: "s.default.svc.cluster.local".into(),
+                subset: None,
+            },
+            endpoints,
+            algorithm,
+            Arc::new(ConnectionPool::new(PoolLimits::default())),
+            outlier,
+            None,
+        )
+    }
+
+    fn port(e: &Option<Arc<Endpoint>>) -> u16 {
+        e.as_ref().map_or(0, |e| e.info.address.port())
+    }
+
+    #[test]
+    fn round_robin_cycles() {
+        let c = cluster(
+            Algorithm::RoundRobin,
+            vec![endpoint(1, ""), endpoint(2, ""), endpoint(3, "")],
+            None,
+        );
+        let now = Instant::now();
+        let ports: Vec<u16> = (0..6)
+            .map(|_| port(&c.pick(now, "", &[], (0, 0))))
+            .collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
+    }
+
+    #[test]
+    fn least_request_prefers_idle() {
+        let busy = endpoint(1, "");
+        let idle = endpoint(2, "");
+        busy.in_flight.store(5, Ordering::Relaxed);
+        let c = cluster(Algorithm::LeastRequest, vec![busy, idle], None);
+        for draw in 0..4 {
+            assert_eq!(port(&c.pick(Instant::now(), "", &[], (draw, draw))), 2);
+        }
+    }
+
+    #[test]
+    fn peak_ewma_prefers_fast() {
+        let slow = endpoint(1, "");
+        let fast = endpoint(2, "");
+        let now = Instant::now();
+        slow.observe_latency(Duration::from_secs(1), now);
+        fast.observe_latency(Duration::from_millis(5), now);
+        let c = cluster(Algorithm::PeakEwma, vec![slow, fast], None);
+        for draw in 0..4 {
+            assert_eq!(port(&c.pick(now, "", &[], (draw, draw))), 2);
+        }
+    }
+
+    #[test]
+    fn retries_avoid_tried_hosts() {
+        let c = cluster(
+            Algorithm::Random,
+            vec![endpoint(1, ""), endpoint(2, "")],
+            None,
+        );
+        let tried = [SocketAddr::from(([127, 0, 0, 1], 1))];
+        for draw in 0..4 {
+            assert_eq!(port(&c.pick(Instant::now(), "", &tried, (draw, 0))), 2);
+        }
+    }
+
+    fn od() -> OutlierPolicy {
+        OutlierPolicy {
+            consecutive_5xx: 1,
+            consecutive_gateway: 0,
+            interval: Duration::from_secs(1),
+            base_ejection: Duration::from_secs(1),
+            max_ejection_percent: 100,
+            min_health_percent: 0,
+        }
+    }
+
+    #[test]
+    fn ejected_hosts_are_skipped_and_all_ejected_is_no_upstream() {
+        let a = endpoint(1, "");
+        let b = endpoint(2, "");
+        let c = cluster(
+            Algorithm::RoundRobin,
+            vec![a.clone(), b.clone()],
+            Some(od()),
+        );
+        let now = Instant::now();
+        assert!(c
+            .record_outcome(&a, TryOutcome::Response(500), now)
+            .is_some());
+        for _ in 0..3 {
+            assert_eq!(port(&c.pick(now, "", &[], (0, 0))), 2);
+        }
+        assert!(c
+            .record_outcome(&b, TryOutcome::Response(500), now)
+            .is_some());
+        assert!(c.pick(now, "", &[], (0, 0)).is_none());
+        assert_eq!(
+            port(&c.pick(now + Duration::from_secs(2), "", &[], (0, 0))).min(1),
+            1
+        );
+    }
+
+    #[test]
+    fn locality_prefers_own_zone_then_fails_over() {
+        let west_a = endpoint(1, "us-west1/us-west1-a");
+        let west_b = endpoint(2, "us-west1/us-west1-b");
+        let c = cluster(
+            Algorithm::RoundRobin,
+            vec![west_a.clone(), west_b],
+            Some(od()),
+        );
+        let now = Instant::now();
+        for _ in 0..4 {
+            assert_eq!(port(&c.pick(now, "us-west1/us-west1-a", &[], (0, 0))), 1);
+        }
+        c.record_outcome(&west_a, TryOutcome::Response(500), now);
+        assert_eq!(port(&c.pick(now, "us-west1/us-west1-a", &[], (0, 0))), 2);
+    }
+
+    fn affine(key: u64) -> PickOptions {
+        PickOptions {
+            affinity: Some(key),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn retries_leave_the_locality_only_when_allowed() {
+        let west_a = endpoint(1, "us-west1/us-west1-a");
+        let west_b = endpoint(2, "us-west1/us-west1-b");
+        let c = cluster(Algorithm::RoundRobin, vec![west_a, west_b], Some(od()));
+        let now = Instant::now();
+        let tried = [SocketAddr::from(([127, 0, 0, 1], 1))];
+        let local_only = PickOptions::default();
+        let remote = PickOptions {
+            remote_localities: true,
+            ..Default::default()
+        };
+        let zone = "us-west1/us-west1-a";
+        assert_eq!(port(&c.pick_with(now, zone, &tried, (0, 0), local_only)), 1);
+        assert_eq!(port(&c.pick_with(now, zone, &tried, (0, 0), remote)), 2);
+    }
+
+    #[test]
+    fn affinity_keeps_a_key_on_its_endpoint() {
+        let endpoints: Vec<_> = (1..=4).map(|p| endpoint(p, "")).collect();
+        let c = cluster(Algorithm::Random, endpoints.clone(), None);
+        let now = Instant::now();
+        let mut chosen = std::collections::BTreeMap::new();
+        for key in 0..64u64 {
+            let first = port(&c.pick_with(now, "", &[], (key, key), affine(key)));
+            for draw in 0..5 {
+                assert_eq!(
+                    port(&c.pick_with(now, "", &[], (draw, draw), affine(key))),
+                    first
+                );
+            }
+            chosen.insert(key, first);
+        }
+        // Keys spread over every endpoint.
+        let used: std::collections::BTreeSet<_> = chosen.values().collect();
+        assert_eq!(used.len(), 4);
+        // Removing endpoint 4 moves only the keys that were on it.
+        let smaller = cluster(Algorithm::Random, endpoints[..3].to_vec(), None);
+        for (key, before) in chosen {
+            let after = port(&smaller.pick_with(now, "", &[], (0, 0), affine(key)));
+            if before != 4 {
+                assert_eq!(after, before, "key {key} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn affinity_keys_come_from_header_cookie_query_or_source() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-user", http::HeaderValue::from_static("jason"));
+        h.insert("cookie", http::HeaderValue::from_static("a=1; user=jason"));
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        let header = HashPolicy::Header("x-user".into()).key(&h, None, ip);
+        assert!(header.is_some());
+        assert_eq!(
+            header,
+            HashPolicy::Header("x-user".into()).key(&h, None, ip)
+        );
+        assert!(HashPolicy::Header("x-other".into())
+            .key(&h, None, ip)
+            .is_none());
+        assert!(HashPolicy::Cookie("user".into())
+            .key(&h, None, ip)
+            .is_some());
+        assert!(HashPolicy::Cookie("nope".into())
+            .key(&h, None, ip)
+            .is_none());
+        assert!(HashPolicy::QueryParam("u".into())
+            .key(&h, Some("x=1&u=7"), ip)
+            .is_some());
+        assert!(HashPolicy::QueryParam("u".into())
+            .key(&h, None, ip)
+            .is_none());
+        assert!(HashPolicy::SourceIp.key(&h, None, ip).is_some());
+    }
+
+    #[test]
+    fn unknown_balancer_is_rejected() {
+        assert!(Algorithm::parse("f", "LEAST_CONN").is_ok());
+        assert!(Algorithm::parse("f", "FASTEST")
+            .unwrap_err()
+            .to_string()
+            .contains("FASTEST"));
+    }
+}

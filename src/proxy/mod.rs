@@ -1,0 +1,203 @@
+//! sluice-proxy: enforces Istio VirtualService/DestinationRule objects without Istio.
+//!
+//! `config` validates objects into an immutable `Snapshot`; `routes` matches requests
+//! (pure); `balance` picks endpoints; `resilience` decides retries, limits and ejections;
+//! `server` is the data path; `admin` serves metrics and the live config. The snapshot
+//! lives in an `ArcSwap`: a reload builds a new one and swaps it in atomically, and an
+//! invalid config leaves the last good one in place.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod k8s;
+pub mod metrics;
+pub mod resilience;
+pub mod routes;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::proxy::config::{ConfigFile, ProxySettings, Snapshot};
+use crate::proxy::metrics::{ProxyMetrics, ReloadLabels};
+
+/// Behaviour switches of the proxy that are not Istio objects.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// Append `-shadow` to a mirrored copy's Host (Istio <= 1.27 behaviour).
+    pub shadow_host_suffix: bool,
+    /// Requests are buffered (retries and mirrors replay them) up to this size.
+    pub max_body_bytes: usize,
+    /// This proxy's workload name, reported as `source_workload`.
+    pub workload: Option<String>,
+    pub access_log: bool,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            shadow_host_suffix: true,
+            max_body_bytes: 16 * 1024 * 1024,
+            workload: None,
+            access_log: true,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    pub settings: ProxySettings,
+    pub options: ProxyOptions,
+    pub metrics: ProxyMetrics,
+    /// Pooled keep-alive client.
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// For clusters with `maxRequestsPerConnection: 1`.
+    client_without_keepalive: Client<HttpConnector, Full<Bytes>>,
+    /// For endpoints declared `protocol: h2c`.
+    client_h2c: Client<HttpConnector, Full<Bytes>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Proxy {
+    /// Starts with an empty route table (every request is NR until a config is applied).
+    pub fn new(settings: ProxySettings, options: ProxyOptions) -> Arc<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let client_h2c = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector.clone());
+        let client_without_keepalive = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(connector);
+        let empty = Snapshot {
+            table: routes::RouteTable::new(settings.namespace.clone(), Vec::new(), Vec::new()),
+            ..Default::default()
+        };
+        Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(empty),
+            settings,
+            options,
+            metrics: ProxyMetrics::new(),
+            client,
+            client_without_keepalive,
+            client_h2c,
+            last_error: Mutex::new(None),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Validates and swaps in a config; on error the current one stays.
+    pub fn apply(&self, file: &ConfigFile) -> Result<(), config::Error> {
+        let current = self.snapshot.load_full();
+        let result = config::build(file, &self.settings, Some(&current));
+        let (result_label, reason) = match &result {
+            Ok(_) => ("ok", "-"),
+            Err(e) => ("rejected", e.label()),
+        };
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels {
+                result: result_label.into(),
+                reason: reason.into(),
+            })
+            .inc();
+        match result {
+            Ok(snapshot) => {
+                for warning in &snapshot.warnings {
+                    tracing::warn!("{warning}");
+                }
+                self.metrics
+                    .config_warnings
+                    .set(i64::try_from(snapshot.warnings.len()).unwrap_or(i64::MAX));
+                self.snapshot.store(Arc::new(snapshot));
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = None;
+                }
+                Ok(())
+            }
+            Err(error) => {
+                if let Ok(mut last) = self.last_error.lock() {
+                    *last = Some(error.to_string());
+                }
+                Err(error)
+            }
+        }
+    }
+
+    pub fn apply_file(&self, path: &Path) -> Result<(), config::Error> {
+        let file = config::read_file(path).inspect_err(|error| {
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(error.to_string());
+            }
+            self.metrics
+                .config_reloads
+                .get_or_create(&ReloadLabels {
+                    result: "rejected".into(),
+                    reason: error.label().into(),
+                })
+                .inc();
+        })?;
+        self.apply(&file)
+    }
+
+    /// The error of the last rejected config, if the last attempt failed.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|l| l.clone())
+    }
+}
+
+/// Re-applies `path` when its content changes (polled) or on SIGHUP. The first poll
+/// applies the file once more, so a change made while the watcher was starting is seen.
+pub async fn watch_file(proxy: Arc<Proxy>, path: PathBuf, poll: Duration) {
+    let mut last: Option<Vec<u8>> = None;
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let forced = {
+            let sighup = async {
+                match hangup.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => false,
+                _ = sighup => true,
+            }
+        };
+        #[cfg(not(unix))]
+        let forced = {
+            tokio::time::sleep(poll).await;
+            false
+        };
+        let current = std::fs::read(&path).ok();
+        if !forced && current == last {
+            continue;
+        }
+        last = current;
+        match proxy.apply_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "configuration rejected; keeping the last good one")
+            }
+        }
+    }
+}
