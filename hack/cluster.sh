@@ -341,7 +341,13 @@ cmd_down() {
   local i
   local all=("${COMPONENTS[@]:0:4}" node-agent "${OPTIONAL_COMPONENTS[@]}" prometheus)
   for ((i = ${#all[@]} - 1; i >= 0; i--)); do stop_component "${all[$i]}"; done
-  # The agent removes its namespaces and bridge on exit; this catches a crashed one.
+  # The agent removes its namespaces and bridge on exit; this catches a crashed one,
+  # unless some agent (e.g. another checkout's cluster) still uses them.
+  if pgrep -f '/sluice-node-agent( |$)' >/dev/null; then
+    log "another sluice-node-agent is running: leaving network namespaces and $BRIDGE alone"
+    log "cluster stopped (state kept in $STATE; 'reset' wipes it)"
+    return 0
+  fi
   local ns
   for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^sluice-/ {print $1}'); do
     for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null || true; done
