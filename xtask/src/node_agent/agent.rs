@@ -250,6 +250,11 @@ impl Agent {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
+        // Held for the agent's lifetime: the bridge, namespaces and port are machine-wide.
+        let _machine_lock = match self.config.mode {
+            RunMode::Processes => Some(lock_machine()?),
+            RunMode::Fake => None,
+        };
         if self.config.mode == RunMode::Processes {
             network::check_no_overlap(self.config.pod_cidr, &self.config.bridge).await?;
             self.remove_stale_namespaces().await;
@@ -1376,6 +1381,26 @@ fn field_value(pod: &Pod, runtime: &PodRuntime, host_ip: Ipv4Addr, path: &str) -
         }
     };
     Some(value)
+}
+
+/// Only one processes-mode agent per machine: a second one would delete the first
+/// one's namespaces as leftovers and fight over the bridge.
+fn lock_machine() -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = "/run/sluice-node-agent.lock";
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    // SAFETY: flock(2) on a descriptor we own; no memory is shared.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        anyhow::bail!(
+            "another sluice-node-agent in processes mode runs on this machine (lock {path} is held)"
+        );
+    }
+    Ok(file)
 }
 
 #[derive(Debug, Clone)]
