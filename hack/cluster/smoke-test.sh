@@ -20,8 +20,9 @@ had_state=false
 
 cleanup() {
   local rc=$?
+  kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
   if $was_up; then
-    kubectl delete namespace "$NS" --wait=false >/dev/null 2>&1 || true
+    :
   elif $had_state; then
     "$CLUSTER" down
   else
