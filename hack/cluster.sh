@@ -2,7 +2,7 @@
 # A real local Kubernetes control plane (etcd, kube-apiserver, controller-manager,
 # scheduler), our node agent running pods as processes in network namespaces, and
 # Prometheus. See docs/local-cluster.md.
-#   hack/cluster.sh up|down|status|reset|env|logs [ns/]pod [container]
+#   hack/cluster.sh up|down|status|reset|env|restart-agent|logs [ns/]pod [container]
 source "$(dirname "$0")/lib.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
@@ -405,5 +405,7 @@ case "${1:-}" in
   reset) cmd_down; log "removing $STATE"; rm -rf "$STATE" ;;
   env) cmd_env ;;
   logs) shift; cmd_logs "$@" ;;
-  *) die "usage: hack/cluster.sh up|down|status|reset|env|logs" ;;
+  # Picks up a rebuilt agent; its pods' processes restart (their IPs are kept).
+  restart-agent) stop_component fake-node-agent; stop_component node-agent; cmd_up ;;
+  *) die "usage: hack/cluster.sh up|down|status|reset|env|logs|restart-agent" ;;
 esac
