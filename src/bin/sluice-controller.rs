@@ -17,6 +17,9 @@ struct Args {
     /// Prometheus address for built-in metrics (default: scrape sluice-proxy directly).
     #[arg(long, env = "SLUICE_METRICS_SERVER")]
     metrics_server: Option<String>,
+    /// Image of sluice-proxy for Canaries with provider sluice.
+    #[arg(long, env = "SLUICE_PROXY_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice-proxy:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
             config: Config {
                 default_provider: args.provider,
                 metrics_server: args.metrics_server,
+                proxy_image: args.proxy_image,
             },
             listen: args.listen,
             lease_namespace: args.lease_namespace.filter(|s| !s.is_empty()),

@@ -20,7 +20,7 @@ use crate::rollout::{MetricCheck, MetricError, MetricOutcome, MetricSource, Rele
 /// Label of the sluice-proxy router pods in a namespace.
 pub const ROUTER_SELECTOR: &str = "app.kubernetes.io/name=sluice-router";
 /// Port of sluice-proxy's admin server (metrics) when the pod does not annotate one.
-pub const ROUTER_METRICS_PORT: u16 = 15020;
+pub const ROUTER_METRICS_PORT: u16 = crate::router::sluice::ADMIN_PORT as u16;
 
 pub struct Analysis {
     client: Client,

@@ -21,6 +21,8 @@ pub struct Config {
     pub default_provider: RouterKind,
     /// Prometheus address for built-in metrics when the Canary names none.
     pub metrics_server: Option<String>,
+    /// Image of sluice-proxy for `provider: sluice` routers.
+    pub proxy_image: String,
 }
 
 /// Caches of the objects the controller reads, filled by watches.
@@ -77,6 +79,9 @@ pub struct Context {
     pub diagnostics: Arc<RwLock<Diagnostics>>,
     pub config: Config,
     pub analysis: super::analysis::Analysis,
+    pub routers: crate::router::Routers,
+    /// Content hashes of objects without a cache, as this process last applied them.
+    pub applied: parking_lot::Mutex<std::collections::HashMap<String, String>>,
     /// Canaries as sluice last wrote their status, by uid, with the resourceVersion they
     /// had before: while the cache still shows that version it is stale, and the written
     /// copy is used instead, so a quick second reconcile does not repeat a step.

@@ -58,10 +58,7 @@ impl Error {
 
     /// Spec problems the user must fix: reported on the Canary, retried slowly.
     fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            Error::Workload(_) | Error::Router(router::Error::Unsupported(_))
-        )
+        matches!(self, Error::Workload(_))
     }
 }
 
@@ -124,7 +121,9 @@ async fn execute(
 ) -> Result<(), Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
     if let (true, Some(target)) = (plan.ensure_objects, observation.target.as_deref()) {
-        let router = router::for_kind(canary.spec.provider.unwrap_or(ctx.config.default_provider))?;
+        let router = ctx
+            .routers
+            .for_kind(canary.spec.provider.unwrap_or(ctx.config.default_provider));
         let app = AppLabel::of(target)?;
         ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
     }
@@ -214,7 +213,8 @@ async fn ensure_objects(
             apply(ctx, &ctx.stores.autoscalers, source_api(client, ns), copy).await?;
         }
     }
-    for svc in workloads::services(canary, app, router.apex_selector(canary, app)) {
+    let apex_selector = router.apex_selector(canary, app);
+    for svc in workloads::services(canary, app, apex_selector, router.apex_target_port(canary)) {
         apply(
             ctx,
             &ctx.stores.services,
@@ -328,12 +328,16 @@ async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Resul
                 c.annotations().get(APPLIED_HASH) == Some(&hash)
                     && serde_json::to_value(&c.spec).ok() == obj.data.get("spec").cloned()
             }),
-        _ => false,
+        _ => {
+            let applied = ctx.applied.lock();
+            applied.get(&format!("{}/{ns}/{name}", types.kind)) == Some(&hash)
+        }
     };
     if unchanged {
         return Ok(false);
     }
-    obj.annotations_mut().insert(APPLIED_HASH.into(), hash);
+    obj.annotations_mut()
+        .insert(APPLIED_HASH.into(), hash.clone());
     let (group, version) = match types.api_version.split_once('/') {
         Some((g, v)) => (g.to_string(), v.to_string()),
         None => (String::new(), types.api_version.clone()),

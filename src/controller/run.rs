@@ -258,6 +258,8 @@ async fn run_controller(
             options.config.metrics_server.clone(),
         )?,
         written: Default::default(),
+        routers: crate::router::Routers::new(options.config.proxy_image.clone()),
+        applied: Default::default(),
     });
 
     let controller = Controller::new(canaries, wc.clone());

@@ -169,12 +169,12 @@ fn service(
     canary: &Canary,
     name: String,
     selector: BTreeMap<String, String>,
+    target_port: Option<IntOrString>,
     extra: Option<&CustomMetadata>,
 ) -> Service {
     let svc = &canary.spec.service;
-    let target_port = svc
-        .target_port
-        .clone()
+    let target_port = target_port
+        .or_else(|| svc.target_port.clone())
         .unwrap_or(IntOrString::Int(svc.port));
     Service {
         metadata: owned_meta(canary, name, extra),
@@ -195,11 +195,13 @@ fn service(
     }
 }
 
-/// `<svc>-primary`, `<svc>-canary`, and the apex `<svc>` selecting `apex_selector`.
+/// `<svc>-primary`, `<svc>-canary`, and the apex `<svc>` selecting `apex_selector`
+/// (on `apex_target_port` when a proxy serves it).
 pub fn services(
     canary: &Canary,
     app: &AppLabel,
     apex_selector: BTreeMap<String, String>,
+    apex_target_port: Option<IntOrString>,
 ) -> Vec<Service> {
     let name = canary.service_name();
     let svc = &canary.spec.service;
@@ -208,15 +210,23 @@ pub fn services(
             canary,
             format!("{name}-primary"),
             app.primary_selector(),
+            None,
             svc.primary.as_ref(),
         ),
         service(
             canary,
             format!("{name}-canary"),
             app.canary_selector(),
+            None,
             svc.canary.as_ref(),
         ),
-        service(canary, name.to_string(), apex_selector, svc.apex.as_ref()),
+        service(
+            canary,
+            name.to_string(),
+            apex_selector,
+            apex_target_port,
+            svc.apex.as_ref(),
+        ),
     ]
 }
 
@@ -341,7 +351,7 @@ spec:
     fn services_select_primary_canary_and_apex() {
         let c = canary();
         let app = AppLabel::of(&target()).unwrap();
-        let svcs = services(&c, &app, app.primary_selector());
+        let svcs = services(&c, &app, app.primary_selector(), None);
         let by_name: BTreeMap<_, _> = svcs
             .iter()
             .map(|s| (s.metadata.name.clone().unwrap(), s.spec.clone().unwrap()))

@@ -3,6 +3,7 @@
 //! A new router (e.g. Gateway API) is one new file implementing [`TrafficRouter`].
 
 pub mod istio;
+pub mod sluice;
 
 use std::collections::BTreeMap;
 
@@ -14,8 +15,6 @@ use crate::rollout::Weights;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("provider {} is not available in this sluice version: use istio", .0.as_str())]
-    Unsupported(RouterKind),
     #[error("rendering {kind} {name}: {source}")]
     Render {
         kind: &'static str,
@@ -31,6 +30,14 @@ pub trait TrafficRouter: Send + Sync {
     /// Labels the apex Service selects: the primary pods, or a proxy in front of them.
     fn apex_selector(&self, canary: &Canary, app: &AppLabel) -> BTreeMap<String, String>;
 
+    /// Port the apex Service targets when it is not the app's (a proxy's port).
+    fn apex_target_port(
+        &self,
+        _canary: &Canary,
+    ) -> Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString> {
+        None
+    }
+
     /// Objects that do not change with the weights (e.g. DestinationRules).
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error>;
 
@@ -39,11 +46,25 @@ pub trait TrafficRouter: Send + Sync {
         -> Result<Vec<DynamicObject>, Error>;
 }
 
-/// The router for a Canary's provider.
-pub fn for_kind(kind: RouterKind) -> Result<&'static dyn TrafficRouter, Error> {
-    match kind {
-        RouterKind::Istio => Ok(&istio::IstioRouter),
-        RouterKind::Sluice => Err(Error::Unsupported(kind)),
+/// The routers a controller drives, one per provider.
+pub struct Routers {
+    pub istio: istio::IstioRouter,
+    pub sluice: sluice::SluiceRouter,
+}
+
+impl Routers {
+    pub fn new(proxy_image: String) -> Self {
+        Routers {
+            istio: istio::IstioRouter,
+            sluice: sluice::SluiceRouter { image: proxy_image },
+        }
+    }
+
+    pub fn for_kind(&self, kind: RouterKind) -> &dyn TrafficRouter {
+        match kind {
+            RouterKind::Istio => &self.istio,
+            RouterKind::Sluice => &self.sluice,
+        }
     }
 }
 
