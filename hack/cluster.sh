@@ -329,9 +329,11 @@ cmd_up() {
   fi
 
   write_prometheus_config
+  # On all addresses, like the apiserver, so that pods (the controller) reach it at
+  # the bridge address 10.244.0.1.
   start_component prometheus "$PROMETHEUS_BIN" --config.file "$STATE/prometheus/prometheus.yml" \
     --storage.tsdb.path "$STATE/prometheus/data" --storage.tsdb.retention.time 1d \
-    --web.listen-address "127.0.0.1:$PROMETHEUS_PORT"
+    --web.listen-address "0.0.0.0:$PROMETHEUS_PORT"
   wait_for prometheus 60 curl -fsS --max-time 2 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready"
 
   log "cluster up in $((SECONDS - t0))s: export KUBECONFIG=$KUBECONFIG_ADMIN"
@@ -383,6 +385,8 @@ cmd_status() {
 cmd_env() {
   printf 'export KUBECONFIG=%s\n' "$KUBECONFIG_ADMIN"
   printf 'export SLUICE_PROMETHEUS_URL=http://127.0.0.1:%s\n' "$PROMETHEUS_PORT"
+  # The same Prometheus as pods (e.g. the controller) reach it.
+  printf 'export SLUICE_PROMETHEUS_POD_URL=http://10.244.0.1:%s\n' "$PROMETHEUS_PORT"
 }
 
 # Reads container log files directly (`kubectl logs` also works, through the agent).
