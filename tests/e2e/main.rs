@@ -3,11 +3,13 @@
 //!   cargo test --test e2e -- --ignored --test-threads=1
 
 mod support;
+mod traffic;
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::*;
+use traffic::*;
 
 const CONTROLLER_NS: &str = "sluice-system";
 
@@ -55,6 +57,12 @@ fn install_controller() {
                 "leaseSeconds=6",
                 "--set",
                 "log.level=info,sluice=debug",
+                // A rebuilt controller binary rolls the pod, as a new image would.
+                "--set-string",
+                &format!(
+                    "podAnnotations.sluice\\.dev/binary-mtime={}",
+                    binary_mtime("sluice-controller")
+                ),
                 "--wait",
                 "--timeout",
                 "180s",
@@ -74,6 +82,15 @@ fn install_controller() {
             );
         }
     });
+}
+
+fn binary_mtime(name: &str) -> u64 {
+    std::fs::metadata(root().join("target/debug").join(name))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }
 
 fn app_yaml(ns: &str, version: &str, ready_path: &str) -> String {
@@ -496,4 +513,220 @@ fn a_changed_config_map_is_a_new_release() {
     let tracked =
         jsonpath(ns, "canary/catalog-release", "{.status.trackedConfigs}").unwrap_or_default();
     assert!(tracked.contains("ConfigMap/catalog-settings"), "{tracked}");
+}
+
+fn demo_app_yaml(ns: &str, tag: &str, extra_env: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: catalog, namespace: {ns}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: catalog}}}}
+  template:
+    metadata: {{labels: {{app: catalog}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: catalog
+        image: ghcr.io/sluice-dev/sluice-demo:{tag}
+        env:
+        - {{name: LISTEN, value: "0.0.0.0:3000"}}
+        - {{name: NAME, value: catalog}}
+        - {{name: CATALOG, value: "true"}}{extra_env}
+        readinessProbe: {{httpGet: {{path: /healthz, port: 3000}}, periodSeconds: 1}}
+"#
+    )
+}
+
+fn sluice_canary_yaml(ns: &str, interval: &str, threshold: u32, metrics_server: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: sluice
+  metricsServer: "{metrics_server}"
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service: {{name: catalog, port: 80, targetPort: 3000}}
+  analysis:
+    interval: {interval}
+    threshold: {threshold}
+    maxWeight: 50
+    stepWeight: 10
+    metrics:
+    - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 30s}}
+    - {{name: request-duration, thresholdRange: {{max: 500}}, interval: 30s}}
+"#
+    )
+}
+
+fn router_address(ns: &str) -> String {
+    wait_for(
+        ns,
+        "the sluice-router pod to be ready",
+        Duration::from_secs(90),
+        || {
+            let out = jsonpath(
+            ns,
+            "pods",
+            "{range .items[?(@.metadata.labels.app\\.kubernetes\\.io/name==\"sluice-router\")]}{.status.podIP} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+        )?;
+            out.lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(ip, ready)| !ip.is_empty() && *ready == "True")
+                .map(|(ip, _)| format!("{ip}:15001"))
+        },
+    )
+}
+
+/// A release through sluice-proxy with live traffic: the measured share of v2 follows
+/// each step, metrics come from `metrics_server` (empty: the built-in scrape of the
+/// router), and a v3 answering half its requests with 500 is rolled back on them.
+fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metrics_server: &str) {
+    install_controller();
+    let ns = TestNamespace::create(prefix);
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    apply_yaml(
+        ns,
+        &sluice_canary_yaml(ns, interval, threshold, metrics_server),
+    );
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    let router = router_address(ns);
+    let load = Load::start(
+        router,
+        "catalog",
+        "/items",
+        "imageUrl",
+        4,
+        Duration::from_secs(420),
+    );
+
+    // All traffic on the primary (v1) before the release.
+    std::thread::sleep(Duration::from_secs(3));
+    let before = load.samples();
+    if before.iter().filter(|s| s.ok).count() < 50 || before.iter().any(|s| s.v2) {
+        fail(
+            ns,
+            &format!(
+                "before the release: {} answers, {} from v2",
+                before.len(),
+                before.iter().filter(|s| s.v2).count()
+            ),
+        );
+    }
+
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
+        ],
+    );
+    let steps = timeline(ns, "catalog-release", Duration::from_secs(300));
+    let phases: Vec<(String, i32)> = steps.iter().map(|s| (s.phase.clone(), s.weight)).collect();
+    if phases.last().map(|p| p.0.as_str()) != Some("Succeeded") {
+        fail(ns, &format!("release did not succeed: {phases:?}"));
+    }
+    let split = measured_split(&steps, &load.samples(), Duration::from_millis(1500));
+    eprintln!("measured split (weight, v2 %, requests): {split:?}");
+    let weights: Vec<i32> = split.iter().map(|s| s.0).collect();
+    assert_eq!(weights, vec![10, 20, 30, 40, 50], "{phases:?}");
+    for (weight, share, n) in &split {
+        let tol = tolerance(*weight, *n);
+        if *n < 50 || (share - *weight as f64).abs() > tol {
+            fail(
+                ns,
+                &format!(
+                    "at weight {weight}: {share:.1}% v2 over {n} requests (tolerance {tol:.1})"
+                ),
+            );
+        }
+    }
+    // Promoted: everything answered by v2 now.
+    std::thread::sleep(Duration::from_secs(3));
+    let after: Vec<Sample> = load.samples().into_iter().rev().take(100).collect();
+    if after.iter().filter(|s| s.v2).count() < 95 {
+        fail(
+            ns,
+            "after promotion fewer than 95 of the last 100 answers came from v2",
+        );
+    }
+    let analysis =
+        jsonpath(ns, "canary/catalog-release", "{.status.lastAnalysis}").unwrap_or_default();
+    assert!(analysis.contains("request-success-rate"), "{analysis}");
+
+    // v3 fails half its requests: rolled back at the threshold, primary stays v2.
+    must(
+        ns,
+        &["-n", ns, "set", "env", "deploy/catalog", "ERROR_RATE=0.5"],
+    );
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v3",
+        ],
+    );
+    let steps = timeline(ns, "catalog-release", Duration::from_secs(240));
+    let phases: Vec<(String, i32)> = steps.iter().map(|s| (s.phase.clone(), s.weight)).collect();
+    if phases.last().map(|p| p.0.as_str()) != Some("Failed") {
+        fail(ns, &format!("v3 was not rolled back: {phases:?}"));
+    }
+    let image = jsonpath(
+        ns,
+        "deploy/catalog-primary",
+        "{.spec.template.spec.containers[0].image}",
+    );
+    assert_eq!(image.as_deref(), Some("ghcr.io/sluice-dev/sluice-demo:v2"));
+    let failed =
+        jsonpath(ns, "canary/catalog-release", "{.status.failedChecks}").unwrap_or_default();
+    assert_eq!(failed.trim(), threshold.to_string());
+    let events = must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Canary",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+    );
+    if !events.contains(&format!(
+        "Halt catalog.{ns} advancement request-success-rate"
+    )) {
+        fail(ns, &format!("no success-rate halt event in:\n{events}"));
+    }
+    drop(load);
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn router_release_with_builtin_scrape_metrics() {
+    release_through_the_router("e2e-scrape", "4s", 2, "");
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn router_release_with_prometheus_metrics() {
+    let prometheus = std::env::var("SLUICE_PROMETHEUS_POD_URL")
+        .unwrap_or_else(|_| "http://10.244.0.1:19090".into());
+    release_through_the_router("e2e-prom", "8s", 3, &prometheus);
 }

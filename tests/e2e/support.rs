@@ -114,6 +114,35 @@ pub fn fail(ns: &str, message: &str) -> ! {
             Err(err) => eprintln!("{err}"),
         }
     }
+    // The router's own view: endpoints and request counters.
+    let routers = kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/name=sluice-router",
+        "-o",
+        "jsonpath={.items[*].status.podIP}",
+    ])
+    .unwrap_or_default();
+    for ip in routers.split_whitespace() {
+        for path in ["/config/endpoints", "/metrics"] {
+            let out = std::process::Command::new("curl")
+                .args(["-s", "--max-time", "3", &format!("http://{ip}:15000{path}")])
+                .output();
+            if let Ok(out) = out {
+                let text = String::from_utf8_lossy(&out.stdout);
+                eprintln!("\n--- router {ip}{path}");
+                for line in text
+                    .lines()
+                    .filter(|l| path != "/metrics" || l.starts_with("istio_requests_total{"))
+                {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
     let logs = root().join(".cluster/logs/pods");
     if let Ok(entries) = std::fs::read_dir(&logs) {
         for entry in entries.flatten() {
