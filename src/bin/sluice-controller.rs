@@ -37,6 +37,10 @@ struct Args {
     /// Log filter, e.g. info or sluice=debug.
     #[arg(long, env = "SLUICE_LOG", default_value = "info")]
     log: String,
+    /// Print the sluice-router objects for NAMESPACE (to run sluice-proxy without a
+    /// Canary) and exit.
+    #[arg(long, value_name = "NAMESPACE")]
+    print_router_manifest: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -53,6 +57,13 @@ fn parse_provider(s: &str) -> Result<RouterKind, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(ns) = &args.print_router_manifest {
+        print!(
+            "{}",
+            sluice::router::sluice::router_manifest(ns, &args.proxy_image)?
+        );
+        return Ok(());
+    }
     let filter = EnvFilter::try_new(&args.log)?;
     match args.log_format.as_str() {
         "json" => tracing_subscriber::fmt()

@@ -75,6 +75,18 @@ impl TrafficRouter for SluiceRouter {
     }
 }
 
+/// The router's objects as YAML, for running sluice-proxy in a namespace without a Canary
+/// (`sluice-controller --print-router-manifest NAMESPACE`).
+pub fn router_manifest(ns: &str, image: &str) -> Result<String, serde_yaml::Error> {
+    let docs = [
+        serde_yaml::to_string(&service_account(ns))?,
+        serde_yaml::to_string(&role(ns))?,
+        serde_yaml::to_string(&role_binding(ns))?,
+        serde_yaml::to_string(&deployment(ns, image))?,
+    ];
+    Ok(docs.join("---\n"))
+}
+
 pub fn router_labels() -> BTreeMap<String, String> {
     BTreeMap::from([(ROUTER_LABEL_KEY.to_string(), ROUTER_NAME.to_string())])
 }

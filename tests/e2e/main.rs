@@ -730,3 +730,190 @@ fn router_release_with_prometheus_metrics() {
         .unwrap_or_else(|_| "http://10.244.0.1:19090".into());
     release_through_the_router("e2e-prom", "8s", 3, &prometheus);
 }
+
+fn routing_app_yaml(ns: &str) -> String {
+    let deployment = |v: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: catalog-{v}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: catalog, version: {v}}}}}
+  template:
+    metadata: {{labels: {{app: catalog, version: {v}}}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: catalog
+        image: ghcr.io/sluice-dev/sluice-demo:{v}
+        env:
+        - {{name: LISTEN, value: "0.0.0.0:3000"}}
+        - {{name: NAME, value: catalog}}
+        - {{name: CATALOG, value: "true"}}
+        readinessProbe: {{httpGet: {{path: /healthz, port: 3000}}, periodSeconds: 1}}
+---"#
+        )
+    };
+    format!(
+        r#"{}{}
+apiVersion: v1
+kind: Service
+metadata: {{name: catalog, namespace: {ns}}}
+spec:
+  selector: {{app: catalog}}
+  ports: [{{name: http, port: 80, targetPort: 3000}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: catalog, namespace: {ns}}}
+spec:
+  host: catalog
+  subsets:
+  - {{name: version-v1, labels: {{version: v1}}}}
+  - {{name: version-v2, labels: {{version: v2}}}}
+"#,
+        deployment("v1"),
+        deployment("v2")
+    )
+}
+
+fn routing_vs(ns: &str, http: &str) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: catalog, namespace: {ns}}}
+spec:
+  hosts: [catalog]
+  gateways: [mesh]
+  http:
+{http}
+"#
+    )
+}
+
+/// Scenario A: a user's own VirtualService/DestinationRule, applied with kubectl, enforced
+/// by sluice-router: dark launch by header, a 90/10 split, mirroring with `-shadow`.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn router_enforces_plain_istio_objects() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-routing");
+    let ns = ns.0.as_str();
+    let manifest = std::process::Command::new(root().join("target/debug/sluice-controller"))
+        .args([
+            "--print-router-manifest",
+            ns,
+            "--proxy-image",
+            "ghcr.io/sluice-dev/sluice-proxy:e2e",
+        ])
+        .output()
+        .expect("sluice-controller runs");
+    assert!(
+        manifest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&manifest.stderr)
+    );
+    apply_yaml(ns, &String::from_utf8_lossy(&manifest.stdout));
+    apply_yaml(ns, &routing_app_yaml(ns));
+    apply_yaml(
+        ns,
+        &routing_vs(
+            ns,
+            r#"  - match: [{headers: {x-istio-cohort: {exact: internal}}}]
+    route: [{destination: {host: catalog, subset: version-v2}}]
+  - route:
+    - {destination: {host: catalog, subset: version-v1}, weight: 90}
+    - {destination: {host: catalog, subset: version-v2}, weight: 10}"#,
+        ),
+    );
+    let router = router_address(ns);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deploy/catalog-v1",
+            "--timeout=60s",
+        ],
+    );
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deploy/catalog-v2",
+            "--timeout=60s",
+        ],
+    );
+
+    // Dark launch: the header goes to v2 once the router has the objects.
+    wait_for(
+        ns,
+        "the header route to reach v2",
+        Duration::from_secs(60),
+        || {
+            let (ok, v2) = count(
+                &router,
+                "catalog",
+                "/items",
+                Some(("x-istio-cohort", "internal")),
+                "imageUrl",
+                20,
+            );
+            (ok == 20 && v2 == 20).then_some(())
+        },
+    );
+    // 90/10 for everyone else, counted as users do (imageUrl = v2).
+    let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 2000);
+    let share = 100.0 * v2 as f64 / ok.max(1) as f64;
+    eprintln!("90/10 split: {v2} of {ok} answers from v2 ({share:.1}%)");
+    if ok < 1990 || (share - 10.0).abs() > tolerance(10, ok) {
+        fail(ns, &format!("90/10 split: {v2} of {ok} from v2"));
+    }
+
+    // Mirroring: all answers from v1, every request copied to v2 with Host catalog-shadow.
+    apply_yaml(
+        ns,
+        &routing_vs(
+            ns,
+            r#"  - route: [{destination: {host: catalog, subset: version-v1}, weight: 100}]
+    mirror: {host: catalog, subset: version-v2}
+    mirrorPercentage: {value: 100.0}"#,
+        ),
+    );
+    let v2_pod = wait_for(ns, "the v2 pod IP", Duration::from_secs(30), || {
+        jsonpath(
+            ns,
+            "pods",
+            "{.items[?(@.metadata.labels.version==\"v2\")].status.podIP}",
+        )
+        .filter(|ip| !ip.trim().is_empty())
+        .map(|ip| ip.split_whitespace().next().unwrap_or_default().to_string())
+    });
+    wait_for(
+        ns,
+        "mirrored copies to arrive with Host catalog-shadow",
+        Duration::from_secs(60),
+        || {
+            let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 20);
+            let received = std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "--max-time",
+                    "3",
+                    &format!("http://{v2_pod}:3000/_demo/received"),
+                ])
+                .output()
+                .ok()?;
+            let received = String::from_utf8_lossy(&received.stdout);
+            (ok == 20 && v2 == 0 && received.contains("catalog-shadow")).then_some(())
+        },
+    );
+}

@@ -174,3 +174,49 @@ pub fn tolerance(weight: i32, n: usize) -> f64 {
     let p = weight as f64 / 100.0;
     300.0 * (p * (1.0 - p) / n.max(1) as f64).sqrt() + 2.0
 }
+
+/// Sends `n` requests (4 at a time) and counts (answered with 2xx, containing `marker`).
+pub fn count(
+    addr: &str,
+    host: &str,
+    path: &str,
+    header: Option<(&str, &str)>,
+    marker: &str,
+    n: usize,
+) -> (usize, usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("client");
+        let url = format!("http://{addr}{path}");
+        let (mut ok, mut hits) = (0, 0);
+        for chunk in (0..n).collect::<Vec<_>>().chunks(4) {
+            let calls = chunk.iter().map(|_| {
+                let mut req = client.get(&url).header("host", host);
+                if let Some((k, v)) = header {
+                    req = req.header(k, v);
+                }
+                async move {
+                    let r = req.send().await.ok()?;
+                    let success = r.status().is_success();
+                    let body = r.text().await.ok()?;
+                    Some((success, body))
+                }
+            });
+            for (success, body) in futures::future::join_all(calls).await.into_iter().flatten() {
+                if success {
+                    ok += 1;
+                    if body.contains(marker) {
+                        hits += 1;
+                    }
+                }
+            }
+        }
+        (ok, hits)
+    })
+}
