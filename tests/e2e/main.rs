@@ -917,3 +917,103 @@ fn router_enforces_plain_istio_objects() {
         },
     );
 }
+
+fn lease_holder() -> Option<String> {
+    jsonpath(
+        CONTROLLER_NS,
+        "lease/sluice-controller",
+        "{.spec.holderIdentity}",
+    )
+    .filter(|h| !h.is_empty())
+}
+
+/// Two replicas: one leads; when it dies without giving up the lease, the other takes
+/// over once the lease expires (6 s in these tests) and releases keep moving.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn a_standby_replica_takes_over_when_the_leader_dies() {
+    install_controller();
+    must(
+        CONTROLLER_NS,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "scale",
+            "deploy/sluice-controller",
+            "--replicas=2",
+        ],
+    );
+    must(
+        CONTROLLER_NS,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "rollout",
+            "status",
+            "deploy/sluice-controller",
+            "--timeout=90s",
+        ],
+    );
+    let leader = wait_for(
+        CONTROLLER_NS,
+        "a leader",
+        Duration::from_secs(30),
+        lease_holder,
+    );
+    let pods = must(
+        CONTROLLER_NS,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=sluice",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    );
+    assert!(
+        pods.split_whitespace().any(|p| p == leader),
+        "leader {leader} is not one of {pods}"
+    );
+
+    let ns = TestNamespace::create("e2e-leader");
+    let ns = ns.0.as_str();
+    let started = std::time::Instant::now();
+    must(
+        CONTROLLER_NS,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "delete",
+            "pod",
+            &leader,
+            "--grace-period=0",
+            "--force",
+        ],
+    );
+    let next = wait_for(
+        CONTROLLER_NS,
+        "a new leader",
+        Duration::from_secs(30),
+        || lease_holder().filter(|h| *h != leader),
+    );
+    let took = started.elapsed();
+    eprintln!("leadership moved from {leader} to {next} in {took:?}");
+    // Lease 6 s + one renew period (2 s) + polling.
+    assert!(took < Duration::from_secs(15), "takeover took {took:?}");
+
+    // The new leader runs releases.
+    initialize(ns, "2s", 60);
+    must(
+        CONTROLLER_NS,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "scale",
+            "deploy/sluice-controller",
+            "--replicas=1",
+        ],
+    );
+}
