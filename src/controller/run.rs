@@ -188,54 +188,15 @@ async fn run_controller(
         })?;
 
     let wc = watcher::Config::default().any_semantic();
-    let (deployments, deploy_writer) = reflector::store::<Deployment>();
-    let (services, svc_writer) = reflector::store::<Service>();
-    let (autoscalers, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
-    let (virtual_services, vs_writer) = reflector::store::<VirtualService>();
-    let (destination_rules, dr_writer) = reflector::store::<DestinationRule>();
-    let (config_maps, cm_writer) = reflector::store::<ConfigMap>();
-    let (secrets, secret_writer) = reflector::store::<Secret>();
-    let cm_stream = watcher(Api::<ConfigMap>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .reflect(cm_writer)
-        .touched_objects();
-    let secret_stream = watcher(Api::<Secret>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .reflect(secret_writer)
-        .touched_objects();
-
-    let deploy_stream = watcher(Api::<Deployment>::all(client.clone()), wc.clone())
-        .default_backoff()
-        .reflect(deploy_writer)
-        .touched_objects();
-    let svc_stream = watcher(
-        Api::<Service>::all(client.clone()),
-        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
-    )
-    .default_backoff()
-    .reflect(svc_writer)
-    .touched_objects();
-    let hpa_stream = watcher(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
-    )
-    .default_backoff()
-    .reflect(hpa_writer)
-    .touched_objects();
-    let vs_stream = watcher(
-        Api::<VirtualService>::all(client.clone()),
-        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
-    )
-    .default_backoff()
-    .reflect(vs_writer)
-    .touched_objects();
-    let dr_stream = watcher(
-        Api::<DestinationRule>::all(client.clone()),
-        wc.clone().labels("app.kubernetes.io/managed-by=sluice"),
-    )
-    .default_backoff()
-    .reflect(dr_writer)
-    .touched_objects();
+    // Only the objects sluice made, where sluice never reads others of the kind.
+    let managed = wc.clone().labels("app.kubernetes.io/managed-by=sluice");
+    let (deployments, deploy_stream) = cached::<Deployment>(&client, &wc);
+    let (config_maps, cm_stream) = cached::<ConfigMap>(&client, &wc);
+    let (secrets, secret_stream) = cached::<Secret>(&client, &wc);
+    let (services, svc_stream) = cached::<Service>(&client, &managed);
+    let (autoscalers, hpa_stream) = cached::<HorizontalPodAutoscaler>(&client, &managed);
+    let (virtual_services, vs_stream) = cached::<VirtualService>(&client, &managed);
+    let (destination_rules, dr_stream) = cached::<DestinationRule>(&client, &managed);
 
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -359,6 +320,32 @@ async fn run_controller(
         _ = counting => {}
     }
     Ok(())
+}
+
+/// A cache of one kind across the cluster, and the stream that fills it (driven by the
+/// Controller that consumes it).
+fn cached<K>(
+    client: &Client,
+    config: &watcher::Config,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let stream = watcher(Api::<K>::all(client.clone()), config.clone())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
 }
 
 /// Canaries whose target uses the named config.
