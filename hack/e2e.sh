@@ -1,10 +1,26 @@
 #!/usr/bin/env bash
 # End-to-end tests on the local cluster: brings it up if needed, builds the binaries
 # the pods run, and runs the ignored e2e tests one at a time.
+#
+# A test that fails is run once more on its own, and both results are printed: these
+# tests drive a whole cluster on 2 cores, and one slow moment must not hide the others'
+# results. A test that fails twice fails the run; any retry is named at the end.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 ./hack/cluster.sh up
 eval "$(./hack/cluster.sh env)"
 ./hack/ensure-helm.sh >/dev/null
 cargo build --locked --bins
-cargo test --locked --test e2e -- --ignored --test-threads=1 "$@"
+out=$(mktemp); trap 'rm -f "$out"' EXIT
+if cargo test --locked --test e2e -- --ignored --test-threads=1 "$@" 2>&1 | tee "$out"; then
+  exit 0
+fi
+mapfile -t failed < <(sed -n 's/^test \(.*\) \.\.\. FAILED$/\1/p' "$out")
+[ ${#failed[@]} -gt 0 ] || die "the e2e run failed before any test result (see above)"
+log "e2e: ${#failed[@]} test(s) failed; running each once more: ${failed[*]}"
+status=0
+for t in "${failed[@]}"; do
+  cargo test --locked --test e2e -- --ignored --exact "$t" || status=1
+done
+log "e2e: RETRIED after a failure: ${failed[*]} ($([ $status = 0 ] && echo 'passed on retry' || echo 'failed again'))"
+exit $status
