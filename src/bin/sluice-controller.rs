@@ -94,5 +94,6 @@ async fn main() -> anyhow::Result<()> {
             lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
         },
     )
-    .await
+    .await?;
+    Ok(())
 }

@@ -28,6 +28,23 @@ use super::reconcile::{error_policy, reconcile};
 use crate::api::istio::{DestinationRule, VirtualService};
 use crate::api::Canary;
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot list Canaries (are the sluice CRDs installed?): {0}")]
+    CrdsMissing(#[source] kube::Error),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("serving HTTP: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error("setting up the metrics providers: {0}")]
+    Analysis(#[from] crate::analysis::Error),
+    #[error("leadership lost: exiting so that a restart rejoins as follower")]
+    LeadershipLost,
+}
+
 pub struct Options {
     pub config: Config,
     pub listen: std::net::SocketAddr,
@@ -39,7 +56,7 @@ pub struct Options {
 }
 
 /// Serves HTTP and runs the controller whenever this process is leader, until a signal.
-pub async fn run(client: Client, options: Options) -> anyhow::Result<()> {
+pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let state = State::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(signal_shutdown(shutdown_tx));
@@ -94,7 +111,7 @@ async fn lead(
     options: &Options,
     state: &State,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let elector = LeaderElector::new(
         Api::<Lease>::namespaced(client.clone(), ns),
         &options.lease_name,
@@ -168,7 +185,7 @@ async fn lead(
         controller
     } else {
         controller?;
-        anyhow::bail!("leadership lost: exiting so that a restart rejoins as follower")
+        Err(Error::LeadershipLost)
     }
 }
 
@@ -177,15 +194,13 @@ async fn run_controller(
     options: &Options,
     state: &State,
     stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let canaries = Api::<Canary>::all(client.clone());
     // Fail early with a clear message when the CRDs are missing.
     canaries
         .list(&kube::api::ListParams::default().limit(1))
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot list Canaries (are the sluice CRDs installed?): {e}")
-        })?;
+        .map_err(Error::CrdsMissing)?;
 
     let wc = watcher::Config::default().any_semantic();
     // Only the objects sluice made, where sluice never reads others of the kind.
@@ -382,7 +397,7 @@ async fn serve(
     state: State,
     listen: std::net::SocketAddr,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+) -> Result<(), Error> {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
@@ -391,11 +406,15 @@ async fn serve(
         .with_state(state);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
+        .map_err(|source| Error::Listen {
+            addr: listen,
+            source,
+        })?;
     tracing::info!(%listen, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app)
         .with_graceful_shutdown(wait_for(shutdown))
-        .await?;
+        .await
+        .map_err(Error::Serve)?;
     Ok(())
 }
 
