@@ -55,8 +55,8 @@ fn install_controller() {
                 "installCRDs=false",
                 "--set",
                 "leaseSeconds=6",
-                "--set",
-                "log.level=info,sluice=debug",
+                "--set-string",
+                "log.level=info\\,sluice=debug",
                 // A rebuilt controller binary rolls the pod, as a new image would.
                 "--set-string",
                 &format!(

@@ -242,6 +242,12 @@ pub async fn setup_pod_netns(
     .await?;
     ip(&["link", "set", &peer, "netns", &names.netns]).await?;
     ip(&["-n", &names.netns, "link", "set", &peer, "name", "eth0"]).await?;
+    // A MAC derived from the IP: a new pod that reuses a freed IP keeps its MAC, so the
+    // neighbour caches of the host and of other pods stay right (a random MAC left the
+    // IP unreachable until those entries expired, 10-50 s).
+    let [a, b, c, d] = pod_ip.octets();
+    let mac = format!("02:42:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+    ip(&["-n", &names.netns, "link", "set", "eth0", "address", &mac]).await?;
     let addr = format!("{pod_ip}/{prefix}");
     ip(&["-n", &names.netns, "addr", "add", &addr, "dev", "eth0"]).await?;
     ip(&["-n", &names.netns, "link", "set", "eth0", "up"]).await?;
