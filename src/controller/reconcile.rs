@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -207,10 +206,16 @@ async fn ensure_objects(
         .await?;
     }
     if let Some(hpa_ref) = &canary.spec.autoscaler_ref {
-        let source: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-        if let Some(source) = source.get_opt(&hpa_ref.name).await? {
+        let key = ObjectRef::new(&hpa_ref.name).within(ns);
+        if let Some(source) = ctx.stores.autoscalers.get(&key) {
             let copy = workloads::primary_autoscaler(canary, &source);
-            apply(ctx, &ctx.stores.autoscalers, source_api(client, ns), copy).await?;
+            apply(
+                ctx,
+                &ctx.stores.autoscalers,
+                Api::namespaced(client.clone(), ns),
+                copy,
+            )
+            .await?;
         }
     }
     let apex_selector = router.apex_selector(canary, app);
@@ -273,10 +278,6 @@ async fn copy_configs(
         }
     }
     Ok(())
-}
-
-fn source_api(client: &kube::Client, ns: &str) -> Api<HorizontalPodAutoscaler> {
-    Api::namespaced(client.clone(), ns)
 }
 
 /// Applies `obj` unless the cached copy already carries the same content hash.

@@ -209,7 +209,8 @@ async fn run_controller(
     let (config_maps, cm_stream) = cached::<ConfigMap>(&client, &wc);
     let (secrets, secret_stream) = cached::<Secret>(&client, &wc);
     let (services, svc_stream) = cached::<Service>(&client, &managed);
-    let (autoscalers, hpa_stream) = cached::<HorizontalPodAutoscaler>(&client, &managed);
+    // All autoscalers: the targets' own are read to make the primary's copy.
+    let (autoscalers, hpa_stream) = cached::<HorizontalPodAutoscaler>(&client, &wc);
     let (virtual_services, vs_stream) = cached::<VirtualService>(&client, &managed);
     let (destination_rules, dr_stream) = cached::<DestinationRule>(&client, &managed);
 
