@@ -7,6 +7,10 @@
 # results. A test that fails twice fails the run; any retry is named at the end.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
+# One e2e run at a time per machine: the cluster, its ports and the helm release are shared.
+if [ -z "${SLUICE_E2E_LOCKED:-}" ]; then
+  exec env SLUICE_E2E_LOCKED=1 flock /tmp/sluice-e2e.lock "$0" "$@"
+fi
 ./hack/cluster.sh up
 eval "$(./hack/cluster.sh env)"
 ./hack/ensure-helm.sh >/dev/null
