@@ -5,6 +5,8 @@ pub mod analysis;
 pub mod api;
 pub mod controller;
 pub mod demo;
+pub mod hooks;
+pub mod notify;
 pub mod proxy;
 pub mod rollout;
 pub mod router;
