@@ -284,6 +284,22 @@ pub struct CanaryMetric {
     pub template_ref: Option<CrossNamespaceRef>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub template_variables: BTreeMap<String, String>,
+    /// What a query without values means (default `fail`, as Flagger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_no_data: Option<NoDataPolicy>,
+}
+
+/// What "no values found" means for a metric: no traffic reached the canary.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NoDataPolicy {
+    /// A failed check (Flagger's behaviour).
+    #[default]
+    Fail,
+    /// The metric passes; the other metrics decide.
+    Skip,
+    /// The step waits for data without counting a failure, until progressDeadlineSeconds.
+    Hold,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema, Default)]
@@ -305,7 +321,9 @@ pub struct CrossNamespaceRef {
     pub namespace: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema, Default,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum WebhookType {
     ConfirmRollout,
@@ -460,6 +478,9 @@ pub struct CanaryStatus {
     /// Outcome of the last analysis, one entry per metric.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_analysis: Vec<MetricResult>,
+    /// The canary receives a mirrored copy of the traffic (the step before shifting).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mirrored: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

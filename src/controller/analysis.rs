@@ -91,6 +91,7 @@ impl Analysis {
                 name: check.name.clone(),
                 range: check.range,
                 value,
+                on_no_data: check.on_no_data,
             });
         }
         outcomes

@@ -80,6 +80,8 @@ pub struct Context {
     pub config: Config,
     pub analysis: super::analysis::Analysis,
     pub routers: crate::router::Routers,
+    /// Client for webhooks and alerts.
+    pub http: reqwest::Client,
     /// Content hashes of objects without a cache, as this process last applied them.
     pub applied: parking_lot::Mutex<std::collections::HashMap<String, String>>,
     /// Canaries as sluice last wrote their status, by uid, with the resourceVersion they

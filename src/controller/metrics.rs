@@ -39,6 +39,18 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The webhook type, e.g. `confirm-rollout`.
+    pub kind: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
 pub struct Metrics {
     /// 0 running, 1 successful (or initialized), 2 failed.
     pub status: Family<CanaryLabels, Gauge>,
@@ -51,6 +63,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub api_calls: Counter,
+    pub webhooks: Family<WebhookLabels, Counter>,
+    pub alerts: Family<ResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -66,6 +80,8 @@ impl Metrics {
             reconcile_duration: Histogram::new([0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
             reconcile_errors: Family::default(),
             api_calls: Counter::default(),
+            webhooks: Family::default(),
+            alerts: Family::default(),
         };
         registry.register(
             "sluice_canary_status",
@@ -117,7 +133,38 @@ impl Metrics {
             "Write calls made to the Kubernetes API",
             metrics.api_calls.clone(),
         );
+        registry.register(
+            "sluice_webhook_calls",
+            "Canary webhook calls by type and result",
+            metrics.webhooks.clone(),
+        );
+        registry.register(
+            "sluice_alerts",
+            "Alerts sent to AlertProviders by result",
+            metrics.alerts.clone(),
+        );
         metrics
+    }
+
+    pub fn webhook_calls(&self, kind: crate::api::WebhookType, ok: bool) {
+        let kind = serde_json::to_value(kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                kind,
+                result: if ok { "success" } else { "failure" }.into(),
+            })
+            .inc();
+    }
+
+    pub fn alert_sent(&self, ok: bool) {
+        self.alerts
+            .get_or_create(&ResultLabels {
+                result: if ok { "success" } else { "failure" }.into(),
+            })
+            .inc();
     }
 
     /// Observes the reconcile's duration when the returned guard drops, on every exit path.

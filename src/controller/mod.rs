@@ -3,6 +3,7 @@ pub mod analysis;
 pub mod configs;
 pub mod context;
 pub mod events;
+pub mod gates;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

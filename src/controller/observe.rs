@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
@@ -12,7 +11,7 @@ use super::configs::{self, ConfigKind, ConfigRef};
 use super::context::Context;
 use super::workloads::{primary_name, revision_hash, REVISION_ANNOTATION};
 use crate::api::Canary;
-use crate::rollout::{analysis_due, Observed, ReleaseSpec, WorkloadState};
+use crate::rollout::{Observed, WorkloadState};
 
 /// The observation plus the objects the executor renders from.
 pub struct Observation {
@@ -39,7 +38,8 @@ pub fn workload_state(deployment: &Deployment, revision: Option<String>) -> Work
     }
 }
 
-pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observation {
+/// Reads the caches; metric checks and webhooks run later, when the decision asks.
+pub async fn observe(canary: &Canary, ctx: &Context) -> Observation {
     let ns = canary.namespace().unwrap_or_default();
     let target = ctx
         .stores
@@ -60,7 +60,7 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
     let revision = template
         .map(|t| revision_hash(t, &tracked_configs))
         .unwrap_or_default();
-    let mut observed = Observed {
+    let observed = Observed {
         target: target
             .as_ref()
             .map(|t| workload_state(t, Some(revision.clone()))),
@@ -69,15 +69,11 @@ pub async fn observe(canary: &Canary, ctx: &Context, now: Timestamp) -> Observat
             .map(|p| workload_state(p, p.annotations().get(REVISION_ANNOTATION).cloned())),
         revision,
         metrics: None,
+        gates: Default::default(),
         tracked_configs,
     };
     if canary.phase() == Some(crate::api::Phase::Progressing) {
         ctx.analysis.sample(canary).await;
-    }
-    if analysis_due(canary, now) {
-        if let Ok(spec) = ReleaseSpec::from_spec(&canary.spec) {
-            observed.metrics = Some(ctx.analysis.evaluate(canary, &spec).await);
-        }
     }
     Observation {
         observed,

@@ -16,11 +16,12 @@ use serde::Serialize;
 
 use super::configs;
 use super::context::Context;
+use super::gates;
 use super::metrics::{CanaryLabels, MetricLabels, WorkloadLabels};
 use super::observe::{observe, Observation};
 use super::workloads::{self, AppLabel};
 use crate::api::{Canary, CanaryStatus, Phase};
-use crate::rollout::{self, EventType, Plan, PrimaryAction};
+use crate::rollout::{self, EventType, Need, Plan, PrimaryAction, ReleaseSpec};
 use crate::router::{self, TrafficRouter};
 
 /// The one field manager for everything sluice writes.
@@ -73,8 +74,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     }
     let canary = ctx.freshest(canary);
     let now = Timestamp::now();
-    let observation = observe(&canary, &ctx, now).await;
-    let plan = rollout::decide(&canary, &observation.observed, now);
+    let mut observation = observe(&canary, &ctx).await;
+    let plan = decide_gathering(&canary, &mut observation, now, &ctx).await;
     {
         let mut diag = ctx.diagnostics.write().await;
         diag.last_reconcile = Some(format!(
@@ -93,6 +94,52 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
     }
     record_metrics(&canary, &plan, &ctx);
     Ok(Action::requeue(plan.requeue_after))
+}
+
+/// Decides, gathering what the decision asks for (webhook answers, metric checks) and
+/// deciding again, so each hook and query runs only when the decision reaches it.
+async fn decide_gathering(
+    canary: &Canary,
+    observation: &mut Observation,
+    now: Timestamp,
+    ctx: &Context,
+) -> Plan {
+    // Each pass adds one answer; a release step needs at most a handful.
+    for _ in 0..12 {
+        let plan = rollout::decide(canary, &observation.observed, now);
+        let observed = &mut observation.observed;
+        match plan.need {
+            None => return plan,
+            Some(Need::Metrics) if observed.metrics.is_none() => {
+                let spec = match ReleaseSpec::from_spec(&canary.spec) {
+                    Ok(spec) => spec,
+                    Err(_) => return plan,
+                };
+                observed.metrics = Some(ctx.analysis.evaluate(canary, &spec).await);
+            }
+            Some(Need::Hooks(kind)) if !observed.gates.contains_key(&kind) => {
+                let result = gates::call(ctx, canary, kind, &observed.revision).await;
+                observed.gates.insert(kind, result);
+            }
+            Some(need) => {
+                tracing::error!(canary = %canary.name_any(), ?need, "decision asked twice for the same observation");
+                break;
+            }
+        }
+    }
+    // Unreachable with a sound decision; act on nothing and look again soon.
+    let mut plan = rollout::decide(canary, &observation.observed, now);
+    plan.need = None;
+    plan.ensure_objects = false;
+    plan.primary = PrimaryAction::Keep;
+    plan.target_replicas = None;
+    plan.routes = None;
+    plan.events.clear();
+    plan.consumed_actions.clear();
+    plan.post_rollout = false;
+    plan.status = canary.status.clone().unwrap_or_default();
+    plan.requeue_after = Duration::from_secs(5);
+    plan
 }
 
 /// Retries after an error, sooner for conflicts (another writer raced us).
@@ -144,7 +191,35 @@ async fn execute(
         }
     }
     write_status(canary, &plan.status, ctx).await?;
+    consume_actions(canary, plan, ctx).await?;
     publish_events(canary, plan, ctx).await;
+    gates::notify(ctx, canary, plan).await;
+    Ok(())
+}
+
+/// Removes the action annotations the plan handled, after the status that records their
+/// effect is written: a failure here repeats only an action the status already shows done.
+async fn consume_actions(canary: &Canary, plan: &Plan, ctx: &Context) -> Result<(), Error> {
+    if plan.consumed_actions.is_empty() {
+        return Ok(());
+    }
+    let annotations: serde_json::Map<String, serde_json::Value> = plan
+        .consumed_actions
+        .iter()
+        .map(|key| (key.to_string(), serde_json::Value::Null))
+        .collect();
+    let patch = serde_json::json!({"metadata": {"annotations": annotations}});
+    let api: Api<Canary> = Api::namespaced(
+        ctx.client.clone(),
+        &canary.namespace().ok_or(Error::NoNamespace)?,
+    );
+    ctx.metrics.api_calls.inc();
+    api.patch(
+        &canary.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
     Ok(())
 }
 
@@ -231,8 +306,8 @@ async fn ensure_objects(
     for obj in router.static_objects(canary)? {
         apply_dynamic(ctx, ns, obj).await?;
     }
-    if let Some(weights) = plan.routes {
-        for obj in router.route_objects(canary, weights)? {
+    if let Some(routes) = &plan.routes {
+        for obj in router.route_objects(canary, routes.clone())? {
             apply_dynamic(ctx, ns, obj).await?;
         }
     }
@@ -432,6 +507,7 @@ async fn report_blocked(
     });
     write_status(canary, &status, ctx).await?;
     let plan = Plan {
+        need: None,
         ensure_objects: false,
         primary: PrimaryAction::Keep,
         target_replicas: None,
@@ -441,7 +517,10 @@ async fn report_blocked(
             type_: EventType::Warning,
             reason: "Blocked",
             message,
+            alert: None,
         }],
+        consumed_actions: vec![],
+        post_rollout: false,
         requeue_after: Duration::from_secs(60),
     };
     publish_events(canary, &plan, ctx).await;

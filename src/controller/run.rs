@@ -43,6 +43,8 @@ pub enum Error {
     Analysis(#[from] crate::analysis::Error),
     #[error("leadership lost: exiting so that a restart rejoins as follower")]
     LeadershipLost,
+    #[error("setting up the HTTP client for webhooks and alerts: {0}")]
+    HttpClient(#[from] reqwest::Error),
 }
 
 pub struct Options {
@@ -236,6 +238,9 @@ async fn run_controller(
         )?,
         written: Default::default(),
         routers: crate::router::Routers::new(options.config.proxy_image.clone()),
+        http: reqwest::Client::builder()
+            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
+            .build()?,
         applied: Default::default(),
     });
 

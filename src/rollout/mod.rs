@@ -1,5 +1,7 @@
 //! The pure release decision. Nothing in this module does IO or depends on the kube
 //! client or tokio: the controller observes, calls [`decide`], and executes the [`Plan`].
+//! When the decision needs an observation that costs IO (webhooks, metric queries) it says
+//! so in [`Plan::need`]; the controller gathers it and decides again.
 
 mod decide;
 mod spec;
@@ -7,7 +9,7 @@ mod spec;
 mod tests;
 
 pub use decide::{
-    analysis_due, decide, Event, EventType, MetricError, MetricOutcome, Observed, Plan,
-    PrimaryAction, Weights, WorkloadState,
+    actions, decide, Event, EventType, GateResult, MetricError, MetricOutcome, Need, Observed,
+    Plan, PrimaryAction, Routes, Weights, WorkloadState,
 };
-pub use spec::{BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps};
+pub use spec::{BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps, Strategy};

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use crate::analysis::parse_duration;
 pub use crate::analysis::BuiltinMetric;
+use std::collections::BTreeSet;
+
 use crate::api::{
-    CanaryMetric, CanarySpec, ThresholdRange, DEFAULT_INTERVAL, DEFAULT_PROGRESS_DEADLINE_SECONDS,
+    CanaryMetric, CanarySpec, NoDataPolicy, ThresholdRange, WebhookType, DEFAULT_INTERVAL,
+    DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
 
 /// A spec the controller cannot act on: the field at fault and what to write instead.
@@ -51,6 +54,26 @@ impl Steps {
     }
 }
 
+/// How a release moves traffic, inferred from the analysis fields as Flagger does:
+/// `iterations` with `match` is A/B testing, `iterations` alone is Blue/Green,
+/// otherwise weights move step by step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    Canary {
+        steps: Steps,
+        /// Percent of requests mirrored to the canary during one step before shifting.
+        mirror: Option<i32>,
+    },
+    /// The `match`ed requests go to the canary for `iterations` checks.
+    AbTesting { iterations: i32 },
+    /// The canary gets no routed traffic (a mirrored copy with `mirror`) for `iterations`
+    /// checks, then all traffic switches to it while the primary is promoted.
+    BlueGreen {
+        iterations: i32,
+        mirror: Option<i32>,
+    },
+}
+
 /// A metric check with its accepted range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricCheck {
@@ -59,6 +82,7 @@ pub struct MetricCheck {
     pub interval: Duration,
     pub range: ThresholdRange,
     pub source: MetricSource,
+    pub on_no_data: NoDataPolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,13 +101,23 @@ pub enum MetricSource {
 pub struct ReleaseSpec {
     pub interval: Duration,
     pub threshold: i32,
-    pub steps: Steps,
+    pub strategy: Strategy,
+    /// Weight moved back to the primary per step once it runs the new version.
+    pub step_weight_promotion: Option<i32>,
     pub progress_deadline: Duration,
     pub primary_ready_percent: i32,
     pub canary_ready_percent: i32,
     pub skip_analysis: bool,
     pub suspended: bool,
     pub metrics: Vec<MetricCheck>,
+    /// Webhook types the Canary declares; a gate without hooks passes.
+    pub hooks: BTreeSet<WebhookType>,
+}
+
+impl ReleaseSpec {
+    pub fn has_hooks(&self, kind: WebhookType) -> bool {
+        self.hooks.contains(&kind)
+    }
 }
 
 impl ReleaseSpec {
@@ -105,13 +139,7 @@ impl ReleaseSpec {
                     "write a positive duration in seconds or minutes, e.g. 30s or 1m",
                 )
             })?;
-        if analysis.iterations.is_some() {
-            return Err(SpecError::new(
-                "spec.analysis.iterations",
-                "A/B testing and Blue/Green (iterations) are not supported by this sluice version: remove iterations and use stepWeight",
-            ));
-        }
-        let steps = steps_from(spec)?;
+        let strategy = strategy_from(spec)?;
         let deadline = spec
             .progress_deadline_seconds
             .unwrap_or(DEFAULT_PROGRESS_DEADLINE_SECONDS);
@@ -130,7 +158,17 @@ impl ReleaseSpec {
         Ok(ReleaseSpec {
             interval,
             threshold: analysis.threshold.unwrap_or(1).max(1),
-            steps,
+            strategy,
+            step_weight_promotion: match analysis.step_weight_promotion {
+                None | Some(0) => None,
+                Some(w) if (1..=100).contains(&w) => Some(w),
+                Some(w) => {
+                    return Err(SpecError::new(
+                        "spec.analysis.stepWeightPromotion",
+                        format!("{w} is not a weight: write 1 to 100"),
+                    ))
+                }
+            },
             progress_deadline: Duration::from_secs(deadline as u64),
             primary_ready_percent: percent(
                 "primaryReadyThreshold",
@@ -140,7 +178,47 @@ impl ReleaseSpec {
             skip_analysis: spec.skip_analysis.unwrap_or(false),
             suspended: spec.suspend.unwrap_or(false),
             metrics,
+            hooks: analysis
+                .webhooks
+                .iter()
+                .map(|h| h.webhook_type.unwrap_or_default())
+                .collect(),
         })
+    }
+}
+
+fn strategy_from(spec: &CanarySpec) -> Result<Strategy, SpecError> {
+    let analysis = &spec.analysis;
+    let mirror = match (analysis.mirror.unwrap_or(false), analysis.mirror_weight) {
+        (false, _) => None,
+        (true, None | Some(0)) => Some(100),
+        (true, Some(w)) if (1..=100).contains(&w) => Some(w),
+        (true, Some(w)) => {
+            return Err(SpecError::new(
+                "spec.analysis.mirrorWeight",
+                format!("{w} is not a percentage: write 1 to 100"),
+            ))
+        }
+    };
+    match analysis.iterations {
+        None | Some(0) => Ok(Strategy::Canary {
+            steps: steps_from(spec)?,
+            mirror,
+        }),
+        Some(n) if n < 0 => Err(SpecError::new(
+            "spec.analysis.iterations",
+            "write a number of checks of at least 1",
+        )),
+        Some(iterations) if !analysis.matches.is_empty() => {
+            if mirror.is_some() {
+                return Err(SpecError::new(
+                    "spec.analysis.mirror",
+                    "A/B testing (iterations with match) sends the matched requests to the canary: remove mirror, or remove match for Blue/Green with mirroring",
+                ));
+            }
+            Ok(Strategy::AbTesting { iterations })
+        }
+        Some(iterations) => Ok(Strategy::BlueGreen { iterations, mirror }),
     }
 }
 
@@ -261,6 +339,7 @@ fn metric_check(index: usize, metric: &CanaryMetric) -> Result<MetricCheck, Spec
         interval,
         range,
         source,
+        on_no_data: metric.on_no_data.unwrap_or_default(),
     })
 }
 
@@ -304,7 +383,13 @@ mod tests {
             ("analysis: {stepWeight: 60, maxWeight: 50}", "spec.analysis.stepWeight"),
             ("analysis: {stepWeights: [10, 5]}", "spec.analysis.stepWeights"),
             ("analysis: {stepWeight: 10, interval: 0s}", "spec.analysis.interval"),
-            ("analysis: {stepWeight: 10, iterations: 10}", "spec.analysis.iterations"),
+            ("analysis: {iterations: -1}", "spec.analysis.iterations"),
+            (
+                "analysis: {iterations: 5, mirror: true, match: [{headers: {x: {exact: y}}}]}",
+                "spec.analysis.mirror",
+            ),
+            ("analysis: {stepWeight: 10, mirror: true, mirrorWeight: 101}", "spec.analysis.mirrorWeight"),
+            ("analysis: {stepWeight: 10, stepWeightPromotion: 120}", "spec.analysis.stepWeightPromotion"),
             (
                 "analysis: {stepWeight: 10, metrics: [{name: cpu, thresholdRange: {max: 1}}]}",
                 "spec.analysis.metrics[0].name",
@@ -347,7 +432,13 @@ mod tests {
         .unwrap();
         assert_eq!(s.interval, Duration::from_secs(45));
         assert_eq!(s.threshold, 5);
-        assert_eq!(s.steps, Steps::Linear { step: 10, max: 50 });
+        assert_eq!(
+            s.strategy,
+            Strategy::Canary {
+                steps: Steps::Linear { step: 10, max: 50 },
+                mirror: None
+            }
+        );
         assert_eq!(s.progress_deadline, Duration::from_secs(600));
         assert_eq!(
             s.metrics[0].source,
@@ -355,5 +446,48 @@ mod tests {
         );
         assert_eq!(s.metrics[1].range.max, Some(500.0));
         assert_eq!(s.metrics[1].interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn strategy_is_inferred_as_flagger_does() {
+        let cases = [
+            (
+                "analysis: {stepWeight: 20, mirror: true}",
+                Strategy::Canary {
+                    steps: Steps::Linear { step: 20, max: 100 },
+                    mirror: Some(100),
+                },
+            ),
+            (
+                "analysis: {stepWeights: [5, 50], mirror: true, mirrorWeight: 30}",
+                Strategy::Canary {
+                    steps: Steps::Explicit(vec![5, 50]),
+                    mirror: Some(30),
+                },
+            ),
+            (
+                "analysis: {iterations: 4, match: [{headers: {x-canary: {exact: insider}}}]}",
+                Strategy::AbTesting { iterations: 4 },
+            ),
+            (
+                "analysis: {iterations: 3}",
+                Strategy::BlueGreen {
+                    iterations: 3,
+                    mirror: None,
+                },
+            ),
+            (
+                // iterations win over stepWeight, as in Flagger.
+                "analysis: {iterations: 3, stepWeight: 10, mirror: true}",
+                Strategy::BlueGreen {
+                    iterations: 3,
+                    mirror: Some(100),
+                },
+            ),
+        ];
+        for (analysis, want) in cases {
+            let got = ReleaseSpec::from_spec(&spec(&format!("{BASE}{analysis}"))).unwrap();
+            assert_eq!(got.strategy, want, "{analysis}");
+        }
     }
 }

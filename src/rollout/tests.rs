@@ -7,7 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
-use crate::api::{Canary, CanaryStatus, Phase, ThresholdRange};
+use std::collections::BTreeMap;
+
+use crate::api::{Canary, CanaryStatus, NoDataPolicy, Phase, ThresholdRange, WebhookType};
 
 const SCENARIO_B: &str = r#"
 apiVersion: sluice.dev/v1beta1
@@ -66,6 +68,7 @@ fn good_metrics() -> Vec<MetricOutcome> {
                 max: None,
             },
             value: Ok(100.0),
+            on_no_data: NoDataPolicy::Fail,
         },
         MetricOutcome {
             name: "request-duration".into(),
@@ -74,6 +77,7 @@ fn good_metrics() -> Vec<MetricOutcome> {
                 max: Some(500.0),
             },
             value: Ok(120.0),
+            on_no_data: NoDataPolicy::Fail,
         },
     ]
 }
@@ -123,6 +127,7 @@ fn observed(revision: &str, target: WorkloadState, primary: Option<WorkloadState
         target: Some(target),
         primary,
         metrics: None,
+        gates: Default::default(),
         tracked_configs: Default::default(),
     }
 }
@@ -422,7 +427,12 @@ fn transitions() {
             plan.status.failed_checks, case.failed_checks,
             "{name}: failed checks"
         );
-        assert_eq!(plan.routes, case.routes, "{name}: routes");
+        assert_eq!(plan.need, None, "{name}: need");
+        assert_eq!(
+            plan.routes.as_ref().map(|r| r.weights),
+            case.routes,
+            "{name}: routes"
+        );
         assert_eq!(plan.primary, case.primary, "{name}: primary");
         assert_eq!(
             plan.target_replicas, case.target_replicas,
@@ -526,20 +536,23 @@ fn suspended_canary_does_nothing() {
 }
 
 #[test]
-fn analysis_is_due_only_on_a_step_with_traffic() {
+fn metrics_are_asked_for_only_on_a_step_with_traffic() {
     let cases = [
-        (status(Phase::Progressing, 10, 0, t0()), at(45), true),
-        (status(Phase::Progressing, 10, 0, t0()), at(44), false),
-        (status(Phase::Progressing, 0, 0, t0()), at(45), false),
-        (status(Phase::Promoting, 0, 0, t0()), at(45), false),
+        (
+            status(Phase::Progressing, 10, 0, t0()),
+            at(45),
+            Some(Need::Metrics),
+        ),
+        (status(Phase::Progressing, 10, 0, t0()), at(44), None),
+        (status(Phase::Progressing, 0, 0, t0()), at(45), None),
+        (status(Phase::Promoting, 0, 0, t0()), at(45), None),
     ];
     for (s, now, want) in cases {
         let phase = s.phase;
-        assert_eq!(
-            analysis_due(&with_status(s), now),
-            want,
-            "{phase:?} at {now}"
-        );
+        let weight = s.canary_weight;
+        let o = observed("v2", ready("v2", 2), Some(ready("v1", 2)));
+        let plan = decide(&with_status(s), &o, now);
+        assert_eq!(plan.need, want, "{phase:?} weight {weight} at {now}");
     }
 }
 
@@ -552,9 +565,18 @@ struct World {
     target_revision: String,
     target_replicas: i32,
     primary: Option<WorkloadState>,
-    routes: Weights,
+    routes: Routes,
     /// Success rate the canary's metrics report.
     canary_success: f64,
+    /// What the webhooks answer, by type (absent: every hook passes).
+    hooks: BTreeMap<WebhookType, GateResult>,
+    /// Webhook types called, in order.
+    calls: Vec<WebhookType>,
+    /// Action annotations the executor removed.
+    consumed: Vec<&'static str>,
+    events: Vec<String>,
+    /// Time of the last reconcile of `follow`.
+    now: Timestamp,
 }
 
 impl World {
@@ -564,30 +586,61 @@ impl World {
             target_revision: "v1".into(),
             target_replicas: 2,
             primary: None,
-            routes: Weights::ALL_PRIMARY,
+            routes: Routes::ALL_PRIMARY,
             canary_success: 100.0,
+            hooks: BTreeMap::new(),
+            calls: vec![],
+            consumed: vec![],
+            events: vec![],
+            now: t0(),
         }
     }
 
-    fn observe(&self, now: Timestamp) -> Observed {
-        let mut obs = Observed {
+    fn observe(&self) -> Observed {
+        Observed {
             revision: self.target_revision.clone(),
             target: Some(ready(&self.target_revision, self.target_replicas)),
             primary: self.primary.clone(),
             metrics: None,
+            gates: BTreeMap::new(),
             tracked_configs: Default::default(),
-        };
-        if analysis_due(&self.canary, now) {
-            let mut m = good_metrics();
-            m[0].value = Ok(self.canary_success);
-            obs.metrics = Some(m);
         }
-        obs
+    }
+
+    /// Decides as the controller does: gathers what the decision asks for and decides again.
+    fn decide(&mut self, now: Timestamp) -> Plan {
+        let mut obs = self.observe();
+        loop {
+            let plan = decide(&self.canary, &obs, now);
+            match plan.need {
+                None => return plan,
+                Some(Need::Metrics) => {
+                    assert!(obs.metrics.is_none(), "metrics asked twice");
+                    let mut m = good_metrics();
+                    m[0].value = Ok(self.canary_success);
+                    obs.metrics = Some(m);
+                }
+                Some(Need::Hooks(kind)) => {
+                    assert!(!obs.gates.contains_key(&kind), "{kind:?} asked twice");
+                    self.calls.push(kind);
+                    let answer = self.hooks.get(&kind).cloned().unwrap_or(Ok(()));
+                    obs.gates.insert(kind, answer);
+                }
+            }
+        }
     }
 
     /// Reconciles once; returns the (phase, weight) the status shows afterwards.
     fn tick(&mut self, now: Timestamp) -> (Phase, i32, Duration) {
-        let plan = decide(&self.canary, &self.observe(now), now);
+        let plan = self.decide(now);
+        self.events
+            .extend(plan.events.iter().map(|e| e.message.clone()));
+        if let Some(annotations) = self.canary.metadata.annotations.as_mut() {
+            for key in &plan.consumed_actions {
+                annotations.remove(*key);
+            }
+        }
+        self.consumed.extend(plan.consumed_actions.iter().copied());
         match plan.primary {
             PrimaryAction::Create { replicas } => {
                 self.primary = Some(ready(&self.target_revision, replicas))
@@ -601,8 +654,8 @@ impl World {
         if let Some(r) = plan.target_replicas {
             self.target_replicas = r;
         }
-        if let Some(w) = plan.routes {
-            self.routes = w;
+        if let Some(r) = plan.routes {
+            self.routes = r;
         }
         let phase = plan.status.phase.expect("phase set");
         let weight = plan.status.canary_weight;
@@ -668,7 +721,7 @@ fn scenario_b_promotes_step_by_step() {
         world.primary.as_ref().unwrap().revision.as_deref(),
         Some("v2")
     );
-    assert_eq!(world.routes, Weights::ALL_PRIMARY);
+    assert_eq!(world.routes, Routes::ALL_PRIMARY);
     assert_eq!(world.target_replicas, 0);
 }
 
@@ -690,7 +743,7 @@ fn scenario_b_rolls_back_a_failing_version() {
         world.primary.as_ref().unwrap().revision.as_deref(),
         Some("v1")
     );
-    assert_eq!(world.routes, Weights::ALL_PRIMARY);
+    assert_eq!(world.routes, Routes::ALL_PRIMARY);
     assert_eq!(world.target_replicas, 0);
 }
 
@@ -708,4 +761,399 @@ fn decision_does_not_depend_on_the_client_or_runtime() {
             assert!(!text.contains(word), "{} uses {word}", path.display());
         }
     }
+}
+
+// === strategies, gates, runtime control ===
+
+fn edited(edit: impl FnOnce(&mut Canary)) -> World {
+    let mut world = World::new();
+    edit(&mut world.canary);
+    world
+}
+
+fn hook(kind: WebhookType) -> crate::api::CanaryWebhook {
+    crate::api::CanaryWebhook {
+        name: format!("{kind:?}"),
+        webhook_type: Some(kind),
+        url: "http://gate.test/".into(),
+        ..Default::default()
+    }
+}
+
+/// One line per change of what `kubectl get canary -w` and the routes show.
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    phase: Phase,
+    weight: i32,
+    iterations: i32,
+    routes: Routes,
+}
+
+impl World {
+    /// Initialises, then releases v2 and reconciles until it ends or `secs` pass.
+    fn release(&mut self, secs: i64) -> Vec<Line> {
+        let (_, now) = self.run(t0(), at(60));
+        self.target_revision = "v2".into();
+        self.follow(now, secs)
+    }
+
+    fn follow(&mut self, from: Timestamp, secs: i64) -> Vec<Line> {
+        let mut lines: Vec<Line> = vec![];
+        let mut now = from;
+        let until = from + SignedDuration::from_secs(secs);
+        while now < until {
+            let (phase, weight, requeue) = self.tick(now);
+            let line = Line {
+                phase,
+                weight,
+                iterations: self.canary.status.as_ref().unwrap().iterations,
+                routes: self.routes.clone(),
+            };
+            if lines.last() != Some(&line) {
+                lines.push(line);
+            }
+            if matches!(phase, Phase::Succeeded | Phase::Failed)
+                && lines.iter().any(|l| l.phase == Phase::Progressing)
+            {
+                break;
+            }
+            now += SignedDuration::try_from(requeue).unwrap();
+        }
+        self.now = now;
+        lines
+    }
+
+    fn annotate(&mut self, key: &str, value: &str) {
+        self.canary
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(key.into(), value.into());
+    }
+}
+
+fn mirrored(percent: i32) -> Routes {
+    Routes {
+        mirror: Some(percent),
+        ..Routes::ALL_PRIMARY
+    }
+}
+
+fn summary(lines: &[Line]) -> Vec<(Phase, i32, i32)> {
+    lines
+        .iter()
+        .map(|l| (l.phase, l.weight, l.iterations))
+        .collect()
+}
+
+#[test]
+fn ab_testing_sends_the_match_to_the_canary_for_its_iterations() {
+    let mut world = edited(|c| c.spec.analysis.iterations = Some(3));
+    let lines = world.release(3600);
+    use Phase::*;
+    assert_eq!(
+        summary(&lines),
+        vec![
+            (Progressing, 0, 0),
+            (Progressing, 0, 1),
+            (Progressing, 0, 2),
+            (Progressing, 0, 3),
+            (Promoting, 0, 0),
+            (Finalising, 0, 0),
+            (Succeeded, 0, 0),
+        ]
+    );
+    // The router applies these weights to the match route; the rest stays on the primary.
+    assert!(lines[1..4].iter().all(|l| l.routes == Routes::canary(100)));
+    assert_eq!(world.routes, Routes::ALL_PRIMARY);
+}
+
+#[test]
+fn blue_green_mirrors_then_switches_all_traffic_before_promoting() {
+    let mut world = edited(|c| {
+        c.spec.analysis.iterations = Some(2);
+        c.spec.analysis.matches.clear();
+        c.spec.analysis.mirror = Some(true);
+    });
+    let lines = world.release(3600);
+    let routes: Vec<(Phase, Routes)> = lines.iter().map(|l| (l.phase, l.routes.clone())).collect();
+    use Phase::*;
+    assert_eq!(
+        routes,
+        vec![
+            (Progressing, Routes::ALL_PRIMARY),
+            (Progressing, mirrored(100)),
+            (Progressing, mirrored(100)),
+            (Promoting, Routes::canary(100)),
+            (Finalising, Routes::ALL_PRIMARY),
+            (Succeeded, Routes::ALL_PRIMARY),
+        ]
+    );
+    assert!(world
+        .events
+        .iter()
+        .any(|e| e == "Routing all traffic to canary catalog-release.istioinaction"));
+}
+
+#[test]
+fn canary_mirrors_for_one_step_before_shifting() {
+    let mut world = edited(|c| {
+        c.spec.analysis.mirror = Some(true);
+        c.spec.analysis.mirror_weight = Some(50);
+    });
+    let lines = world.release(3600);
+    assert_eq!(lines[0].routes, Routes::ALL_PRIMARY);
+    assert_eq!(lines[1].routes, mirrored(50));
+    assert_eq!(lines[1].weight, 0);
+    assert_eq!(lines[2].routes, Routes::canary(10));
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+}
+
+#[test]
+fn step_weight_promotion_moves_traffic_back_step_by_step() {
+    let mut world = edited(|c| c.spec.analysis.step_weight_promotion = Some(20));
+    let lines = world.release(3600);
+    let promoting: Vec<(Phase, i32)> = lines
+        .iter()
+        .filter(|l| !matches!(l.phase, Phase::Progressing))
+        .map(|l| (l.phase, l.routes.weights.canary_weight()))
+        .collect();
+    use Phase::*;
+    // The routes stay at 50 until the primary runs v2, then move 20 per interval.
+    assert_eq!(
+        promoting,
+        vec![
+            (Promoting, 50),
+            (Promoting, 30),
+            (Promoting, 10),
+            (Finalising, 0),
+            (Succeeded, 0)
+        ]
+    );
+}
+
+#[test]
+fn gates_hold_where_flagger_holds() {
+    // confirm-rollout closed: Waiting, nothing scaled; opened: the run starts.
+    let mut world = edited(|c| c.spec.analysis.webhooks = vec![hook(WebhookType::ConfirmRollout)]);
+    world
+        .hooks
+        .insert(WebhookType::ConfirmRollout, Err("gate closed".into()));
+    let lines = world.release(200);
+    assert_eq!(summary(&lines), vec![(Phase::Waiting, 0, 0)]);
+    assert_eq!(world.target_replicas, 0);
+    world.hooks.clear();
+    let lines = world.follow(world.now, 3600);
+    assert_eq!(lines[0].phase, Phase::Progressing);
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+
+    // confirm-promotion closed: WaitingPromotion at max weight, analysis goes on.
+    let mut world =
+        edited(|c| c.spec.analysis.webhooks = vec![hook(WebhookType::ConfirmPromotion)]);
+    world
+        .hooks
+        .insert(WebhookType::ConfirmPromotion, Err("not yet".into()));
+    let lines = world.release(600);
+    assert_eq!(
+        lines.last().map(|l| (l.phase, l.weight)),
+        Some((Phase::WaitingPromotion, 50))
+    );
+    assert_eq!(world.routes, Routes::canary(50));
+    world.hooks.clear();
+    let lines = world.follow(world.now, 3600);
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+
+    // confirm-traffic-increase closed: the weight stays, no failed check.
+    let mut world =
+        edited(|c| c.spec.analysis.webhooks = vec![hook(WebhookType::ConfirmTrafficIncrease)]);
+    world
+        .hooks
+        .insert(WebhookType::ConfirmTrafficIncrease, Err("hold".into()));
+    let lines = world.release(600);
+    assert_eq!(summary(&lines), vec![(Phase::Progressing, 0, 0)]);
+    assert_eq!(world.canary.status.as_ref().unwrap().failed_checks, 0);
+}
+
+#[test]
+fn failing_checks_from_hooks_count_and_roll_back() {
+    for kind in [WebhookType::PreRollout, WebhookType::Rollout] {
+        let mut world = edited(|c| c.spec.analysis.webhooks = vec![hook(kind)]);
+        world.hooks.insert(kind, Err("tests failed".into()));
+        let lines = world.release(3600);
+        let last = lines.last().unwrap();
+        assert_eq!(last.phase, Phase::Failed, "{kind:?}");
+        assert_eq!(world.canary.status.as_ref().unwrap().failed_checks, 5);
+        // Pre-rollout hooks run before any traffic; rollout hooks only with traffic.
+        let weights: Vec<i32> = lines.iter().map(|l| l.weight).collect();
+        let want: &[i32] = if kind == WebhookType::PreRollout {
+            &[0, 0]
+        } else {
+            &[0, 10, 0]
+        };
+        assert_eq!(weights, want, "{kind:?}");
+        assert!(!world.calls.contains(&WebhookType::Rollout) || kind == WebhookType::Rollout);
+    }
+    // A rollback hook answering 2xx aborts the run.
+    let mut world = edited(|c| c.spec.analysis.webhooks = vec![hook(WebhookType::Rollback)]);
+    let lines = world.release(3600);
+    assert_eq!(
+        summary(&lines),
+        vec![(Phase::Progressing, 0, 0), (Phase::Failed, 0, 0)]
+    );
+    assert!(world
+        .events
+        .iter()
+        .any(|e| e.contains("manual webhook invoked")));
+}
+
+#[test]
+fn runtime_actions_apply_to_their_revision_once() {
+    use actions::*;
+    // promote: skips the remaining steps.
+    let mut world = World::new();
+    let (_, now) = world.run(t0(), at(60));
+    world.target_revision = "v2".into();
+    let lines = world.follow(now, 100);
+    assert_eq!(lines.last().unwrap().weight, 20);
+    world.annotate(PROMOTE, "v2");
+    let lines = world.follow(world.now, 3600);
+    assert_eq!((lines[0].phase, lines[0].weight), (Phase::Promoting, 0));
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+    assert_eq!(world.consumed, vec![PROMOTE]);
+
+    // abort: rolls back at once; retry: runs the same revision again.
+    let mut world = World::new();
+    let (_, now) = world.run(t0(), at(60));
+    world.target_revision = "v2".into();
+    world.follow(now, 100);
+    world.annotate(ABORT, "v2");
+    let lines = world.follow(world.now, 10);
+    assert_eq!(lines[0].phase, Phase::Failed);
+    assert!(world
+        .events
+        .iter()
+        .any(|e| e.contains("aborted on request")));
+    world.annotate(RETRY, "v2");
+    let lines = world.follow(world.now + SignedDuration::from_secs(1), 3600);
+    assert_eq!(lines[0].phase, Phase::Progressing);
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+    assert_eq!(world.consumed, vec![ABORT, RETRY]);
+
+    // A stale action is removed with a warning and changes nothing.
+    let mut world = World::new();
+    let (_, now) = world.run(t0(), at(60));
+    world.target_revision = "v2".into();
+    world.annotate(ABORT, "v1");
+    let lines = world.follow(now, 3600);
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+    assert_eq!(world.consumed, vec![ABORT]);
+    assert!(world.events.iter().any(|e| e.contains("Ignored abort")));
+}
+
+#[test]
+fn pause_holds_the_weight_and_resume_goes_on() {
+    let mut world = World::new();
+    let (_, now) = world.run(t0(), at(60));
+    world.target_revision = "v2".into();
+    world.follow(now, 100);
+    let weight = world.canary.status.as_ref().unwrap().canary_weight;
+    world.annotate(actions::PAUSED, "true");
+    let lines = world.follow(world.now, 1200);
+    assert!(lines
+        .iter()
+        .all(|l| l.weight == weight && l.phase == Phase::Progressing));
+    let paused = world
+        .canary
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Paused")
+        .cloned();
+    assert_eq!(paused.map(|c| c.status), Some("True".into()));
+    world
+        .canary
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(actions::PAUSED);
+    let lines = world.follow(world.now, 3600);
+    assert_eq!(lines.last().unwrap().phase, Phase::Succeeded);
+    assert!(world.events.iter().any(|e| e.starts_with("Resumed")));
+}
+
+#[test]
+fn no_data_policy_decides_what_an_empty_result_means() {
+    let no_data = |policy: NoDataPolicy| {
+        let mut c = canary();
+        c.status = Some(status(Phase::Progressing, 20, 0, t0()));
+        let mut o = observed("v2", ready("v2", 2), Some(ready("v1", 2)));
+        let mut m = good_metrics();
+        m[1].value = Err(MetricError::NoData("empty result".into()));
+        m[1].on_no_data = policy;
+        o.metrics = Some(m);
+        (c, o)
+    };
+    let (c, o) = no_data(NoDataPolicy::Skip);
+    let plan = decide(&c, &o, at(45));
+    assert_eq!(
+        (plan.status.canary_weight, plan.status.failed_checks),
+        (30, 0)
+    );
+
+    let (c, o) = no_data(NoDataPolicy::Hold);
+    let plan = decide(&c, &o, at(45));
+    assert_eq!(
+        (plan.status.canary_weight, plan.status.failed_checks),
+        (20, 0)
+    );
+    assert!(messages(&plan)[0].starts_with("Holding catalog.istioinaction advancement"));
+    // Held past progressDeadlineSeconds (60 s here): rolled back.
+    let plan = decide(&c, &o, at(90));
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+
+    let (c, o) = no_data(NoDataPolicy::Fail);
+    let plan = decide(&c, &o, at(45));
+    assert_eq!(
+        (plan.status.canary_weight, plan.status.failed_checks),
+        (20, 1)
+    );
+}
+
+#[test]
+fn session_affinity_names_the_cookie_after_the_release() {
+    let mut world = edited(|c| {
+        c.spec.analysis.session_affinity = Some(crate::api::SessionAffinity {
+            cookie_name: "canary".into(),
+            ..Default::default()
+        })
+    });
+    let lines = world.release(3600);
+    assert!(lines
+        .iter()
+        .all(|l| l.routes.session.as_deref() == Some("v2")));
+}
+
+#[test]
+fn deadline_in_phases_that_cannot_roll_back_is_reported_once() {
+    let mut c = canary();
+    c.status = Some(CanaryStatus {
+        phase: Some(Phase::Initializing),
+        last_transition_time: Some(Time(t0())),
+        ..Default::default()
+    });
+    let o = observed("v1", ready("v1", 2), Some(not_ready("v1", 2)));
+    let plan = decide(&c, &o, at(61));
+    let ready = plan
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "ProgressDeadlineExceeded");
+    assert_eq!(plan.events.len(), 1);
+    c.status = Some(plan.status);
+    assert!(decide(&c, &o, at(70)).events.is_empty());
 }

@@ -8,12 +8,13 @@ use kube::ResourceExt;
 
 use super::{to_dynamic, Error, TrafficRouter};
 use crate::api::istio::{
-    Destination, DestinationRule, DestinationRuleSpec, HttpMatchRequest, HttpRoute,
-    HttpRouteDestination, PortSelector, VirtualService, VirtualServiceSpec,
+    Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
+    HttpRoute, HttpRouteDestination, Percent, PortSelector, StringMatch, VirtualService,
+    VirtualServiceSpec,
 };
 use crate::api::{Canary, RouterKind};
 use crate::controller::workloads::{owned_meta, AppLabel};
-use crate::rollout::Weights;
+use crate::rollout::{Routes, Weights};
 
 pub struct IstioRouter;
 
@@ -33,12 +34,8 @@ impl TrafficRouter for IstioRouter {
             .collect()
     }
 
-    fn route_objects(
-        &self,
-        canary: &Canary,
-        weights: Weights,
-    ) -> Result<Vec<DynamicObject>, Error> {
-        let vs = virtual_service(canary, weights);
+    fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error> {
+        let vs = virtual_service(canary, routes);
         Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
     }
 }
@@ -62,47 +59,100 @@ pub fn destination_rules(canary: &Canary) -> Vec<DestinationRule> {
         .collect()
 }
 
-pub fn virtual_service(canary: &Canary, weights: Weights) -> VirtualService {
+pub fn virtual_service(canary: &Canary, routes: Routes) -> VirtualService {
     let service = &canary.spec.service;
     let name = canary.service_name().to_string();
     let mut hosts = service.hosts.clone();
     if !hosts.contains(&name) {
         hosts.push(name.clone());
     }
-    let destination = |role: &str, weight: i32| HttpRouteDestination {
-        destination: Destination {
-            host: format!("{name}-{role}"),
-            subset: None,
-            port: Some(PortSelector {
-                number: u32::try_from(service.port).ok(),
-            }),
-        },
-        weight: Some(weight),
-        headers: None,
+    let port = PortSelector {
+        number: u32::try_from(service.port).ok(),
     };
-    let route = |matches: Vec<HttpMatchRequest>, weights: Weights| HttpRoute {
-        matches,
-        route: vec![
-            destination("primary", weights.primary_weight()),
-            destination("canary", weights.canary_weight()),
-        ],
-        retries: service.retries.clone(),
-        timeout: service.timeout.clone(),
-        headers: service.headers.clone(),
-        cors_policy: service.cors_policy.clone(),
-        rewrite: service.rewrite.clone(),
-        ..Default::default()
+    let host = |role: &str| Destination {
+        host: format!("{name}-{role}"),
+        subset: None,
+        port: Some(port.clone()),
+    };
+    let destination = |role: &str, weight: i32, set_cookie: Option<String>| HttpRouteDestination {
+        destination: host(role),
+        weight: Some(weight),
+        headers: set_cookie.map(|cookie| Headers {
+            request: None,
+            response: Some(HeaderOperations {
+                add: BTreeMap::from([("Set-Cookie".to_string(), cookie)]),
+                ..Default::default()
+            }),
+        }),
+    };
+    let affinity = session_affinity(canary, &routes);
+    let route = |matches: Vec<HttpMatchRequest>, weights: Weights, mirror: Option<i32>| {
+        let (primary_cookie, canary_cookie) = match &affinity {
+            Some(a) => (a.primary_set_cookie.clone(), a.canary_set_cookie.clone()),
+            None => (None, None),
+        };
+        HttpRoute {
+            matches,
+            route: vec![
+                destination("primary", weights.primary_weight(), primary_cookie),
+                destination("canary", weights.canary_weight(), canary_cookie),
+            ],
+            mirror: mirror.map(|_| host("canary")),
+            mirror_percentage: mirror
+                .filter(|p| *p < 100)
+                .map(|p| Percent { value: p as f64 }),
+            retries: service.retries.clone(),
+            timeout: service.timeout.clone(),
+            headers: service.headers.clone(),
+            cors_policy: service.cors_policy.clone(),
+            rewrite: service.rewrite.clone(),
+            ..Default::default()
+        }
+    };
+    // A client holding a session cookie stays where it first landed.
+    let sticky = |cookie: &str, weights: Weights| {
+        let cookie_match = HttpMatchRequest {
+            headers: BTreeMap::from([(
+                "Cookie".to_string(),
+                StringMatch {
+                    regex: Some(format!(".*{}.*", regex_escape(cookie))),
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        };
+        let matches = merge_matches(&[cookie_match], &service.matches);
+        let mut r = route(matches, weights, None);
+        for d in &mut r.route {
+            d.headers = None;
+        }
+        r
     };
     let analysis_matches = &canary.spec.analysis.matches;
-    let http = if analysis_matches.is_empty() {
-        vec![route(service.matches.clone(), weights)]
+    let mut http = Vec::new();
+    if let Some(a) = &affinity {
+        if let Some(cookie) = &a.canary_cookie {
+            http.push(sticky(cookie, Weights::canary(100)));
+        }
+        if let Some(cookie) = &a.primary_cookie {
+            http.push(sticky(cookie, Weights::ALL_PRIMARY));
+        }
+    }
+    if analysis_matches.is_empty() {
+        http.push(route(
+            service.matches.clone(),
+            routes.weights,
+            routes.mirror,
+        ));
     } else {
         // Only the selected requests take part in the release; the rest stay on the primary.
-        vec![
-            route(merge_matches(analysis_matches, &service.matches), weights),
-            route(service.matches.clone(), Weights::ALL_PRIMARY),
-        ]
-    };
+        http.push(route(
+            merge_matches(analysis_matches, &service.matches),
+            routes.weights,
+            routes.mirror,
+        ));
+        http.push(route(service.matches.clone(), Weights::ALL_PRIMARY, None));
+    }
     VirtualService {
         metadata: owned_meta(canary, name, None),
         spec: VirtualServiceSpec {
@@ -112,6 +162,49 @@ pub fn virtual_service(canary: &Canary, weights: Weights) -> VirtualService {
             export_to: vec![],
         },
     }
+}
+
+/// Session affinity (`analysis.sessionAffinity`) for one set of routes: while the canary
+/// takes traffic, a client it served gets a cookie that keeps it there (and, with
+/// `primaryCookieName`, a primary client stays on the primary); once the release is over
+/// the primary expires the canary's cookie.
+struct Affinity {
+    /// `name=value` a request must carry to stay on the canary / primary.
+    canary_cookie: Option<String>,
+    primary_cookie: Option<String>,
+    canary_set_cookie: Option<String>,
+    primary_set_cookie: Option<String>,
+}
+
+fn session_affinity(canary: &Canary, routes: &Routes) -> Option<Affinity> {
+    let config = canary.spec.analysis.session_affinity.as_ref()?;
+    let value = routes.session.as_deref()?;
+    let max_age = config.max_age.unwrap_or(86400);
+    let canary_cookie = format!("{}={value}", config.cookie_name);
+    if routes.weights.canary_weight() == 0 {
+        return Some(Affinity {
+            canary_cookie: None,
+            primary_cookie: None,
+            canary_set_cookie: None,
+            primary_set_cookie: Some(format!("{canary_cookie}; Max-Age=-1")),
+        });
+    }
+    let primary_cookie = config
+        .primary_cookie_name
+        .as_ref()
+        .map(|name| format!("{name}={value}"));
+    Some(Affinity {
+        canary_set_cookie: Some(format!("{canary_cookie}; Max-Age={max_age}")),
+        primary_set_cookie: primary_cookie
+            .as_ref()
+            .map(|c| format!("{c}; Max-Age={max_age}")),
+        canary_cookie: Some(canary_cookie),
+        primary_cookie,
+    })
+}
+
+fn regex_escape(text: &str) -> String {
+    regex::escape(text)
 }
 
 /// Every analysis match combined (AND) with every service match; the analysis condition
@@ -158,7 +251,6 @@ pub fn merge_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::istio::StringMatch;
 
     fn canary(extra: &str) -> Canary {
         serde_yaml::from_str(&format!(
@@ -193,7 +285,7 @@ spec:
     #[test]
     fn virtual_service_carries_weights_and_service_settings() {
         let c = canary("  analysis: {stepWeight: 10}");
-        let vs = virtual_service(&c, Weights::canary(30));
+        let vs = virtual_service(&c, Routes::canary(30));
         assert_eq!(vs.metadata.name.as_deref(), Some("catalog"));
         assert_eq!(vs.spec.hosts, vec!["catalog.istioinaction.io", "catalog"]);
         assert_eq!(vs.spec.gateways, vec!["mesh"]);
@@ -217,7 +309,7 @@ spec:
     #[test]
     fn analysis_match_gets_its_own_route_and_the_rest_stays_on_primary() {
         let c = canary("  analysis: {stepWeight: 10, match: [{sourceLabels: {app: webapp}}]}");
-        let vs = virtual_service(&c, Weights::canary(20));
+        let vs = virtual_service(&c, Routes::canary(20));
         assert_eq!(vs.spec.http.len(), 2);
         assert_eq!(vs.spec.http[0].matches[0].source_labels["app"], "webapp");
         assert_eq!(
@@ -289,11 +381,82 @@ spec:
     #[test]
     fn rendered_objects_have_type_meta() {
         let c = canary("  analysis: {stepWeight: 10}");
-        let objs = IstioRouter.route_objects(&c, Weights::canary(10)).unwrap();
+        let objs = IstioRouter.route_objects(&c, Routes::canary(10)).unwrap();
         let tm = objs[0].types.as_ref().unwrap();
         assert_eq!(tm.api_version, "networking.istio.io/v1beta1");
         assert_eq!(tm.kind, "VirtualService");
         let drs = IstioRouter.static_objects(&c).unwrap();
         assert_eq!(drs.len(), 2);
+    }
+
+    #[test]
+    fn mirror_copies_to_the_canary_with_its_percentage() {
+        let c = canary("  analysis: {stepWeight: 10, mirror: true, mirrorWeight: 40}");
+        let routes = Routes {
+            mirror: Some(40),
+            ..Routes::ALL_PRIMARY
+        };
+        let vs = virtual_service(&c, routes);
+        let http = &vs.spec.http[0];
+        assert_eq!(http.mirror.as_ref().unwrap().host, "catalog-canary");
+        assert_eq!(http.mirror_percentage.as_ref().unwrap().value, 40.0);
+        // 100 % is Istio's default: no percentage written.
+        let full = virtual_service(
+            &c,
+            Routes {
+                mirror: Some(100),
+                ..Routes::ALL_PRIMARY
+            },
+        );
+        assert!(full.spec.http[0].mirror_percentage.is_none());
+        assert!(virtual_service(&c, Routes::canary(10)).spec.http[0]
+            .mirror
+            .is_none());
+    }
+
+    #[test]
+    fn session_affinity_pins_canary_clients_and_expires_the_cookie_after() {
+        let c = canary(
+            "  analysis: {stepWeight: 10, sessionAffinity: {cookieName: flagger-cookie, primaryCookieName: primary-cookie, maxAge: 60}}",
+        );
+        let running = Routes {
+            session: Some("abc".into()),
+            ..Routes::canary(20)
+        };
+        let vs = virtual_service(&c, running);
+        let http = &vs.spec.http;
+        assert_eq!(http.len(), 3);
+        let cookie = |r: &HttpRoute| {
+            r.matches[0].headers["Cookie"]
+                .regex
+                .clone()
+                .unwrap_or_default()
+        };
+        assert_eq!(cookie(&http[0]), ".*flagger\\-cookie=abc.*");
+        assert_eq!(weights_of(&http[0])[1].1, 100);
+        assert_eq!(cookie(&http[1]), ".*primary\\-cookie=abc.*");
+        assert_eq!(weights_of(&http[1])[0].1, 100);
+        let set_cookie = |d: &HttpRouteDestination| {
+            d.headers.as_ref().unwrap().response.as_ref().unwrap().add["Set-Cookie"].clone()
+        };
+        assert_eq!(
+            set_cookie(&http[2].route[1]),
+            "flagger-cookie=abc; Max-Age=60"
+        );
+        assert_eq!(
+            set_cookie(&http[2].route[0]),
+            "primary-cookie=abc; Max-Age=60"
+        );
+
+        let done = Routes {
+            session: Some("abc".into()),
+            ..Routes::ALL_PRIMARY
+        };
+        let vs = virtual_service(&c, done);
+        assert_eq!(vs.spec.http.len(), 1);
+        assert_eq!(
+            set_cookie(&vs.spec.http[0].route[0]),
+            "flagger-cookie=abc; Max-Age=-1"
+        );
     }
 }

@@ -11,7 +11,7 @@ use kube::api::DynamicObject;
 
 use crate::api::{Canary, RouterKind};
 use crate::controller::workloads::AppLabel;
-use crate::rollout::Weights;
+use crate::rollout::Routes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,9 +41,8 @@ pub trait TrafficRouter: Send + Sync {
     /// Objects that do not change with the weights (e.g. DestinationRules).
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error>;
 
-    /// Objects that carry the weights (e.g. the VirtualService).
-    fn route_objects(&self, canary: &Canary, weights: Weights)
-        -> Result<Vec<DynamicObject>, Error>;
+    /// Objects that carry the weights, mirroring and session cookies (e.g. the VirtualService).
+    fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error>;
 }
 
 /// The routers a controller drives, one per provider.

@@ -20,7 +20,7 @@ use super::istio::{self, IstioRouter};
 use super::{to_dynamic, Error, TrafficRouter};
 use crate::api::{Canary, RouterKind};
 use crate::controller::workloads::AppLabel;
-use crate::rollout::Weights;
+use crate::rollout::Routes;
 
 pub const ROUTER_NAME: &str = "sluice-router";
 pub const ROUTER_LABEL_KEY: &str = "app.kubernetes.io/name";
@@ -65,12 +65,8 @@ impl TrafficRouter for SluiceRouter {
         Ok(objects)
     }
 
-    fn route_objects(
-        &self,
-        canary: &Canary,
-        weights: Weights,
-    ) -> Result<Vec<DynamicObject>, Error> {
-        let vs = istio::virtual_service(canary, weights);
+    fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error> {
+        let vs = istio::virtual_service(canary, routes);
         Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
     }
 }
