@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod hooks;
 pub mod notify;
+pub mod plugin;
 pub mod proxy;
 pub mod rollout;
 pub mod router;

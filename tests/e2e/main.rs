@@ -2,6 +2,7 @@
 //! and run from `hack/e2e.sh` (ignored by a plain `cargo test`):
 //!   cargo test --test e2e -- --ignored --test-threads=1
 
+mod plugin;
 mod support;
 mod traffic;
 

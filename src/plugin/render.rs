@@ -1,0 +1,599 @@
+//! `kubectl sluice get`: the tree of one Canary, rendered from objects already read, so
+//! that the output is tested without a cluster and `-w` redraws from watch caches.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::DynamicObject;
+
+use super::{is_paused, ABORT, PROMOTE, RETRY};
+use crate::api::istio::{HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec};
+use crate::api::{Canary, CanaryCondition};
+
+/// Everything the tree of one Canary shows, as read from the cluster.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub canary: Canary,
+    /// The target Deployment (`spec.targetRef.name`), which runs the canary.
+    pub target: Option<Deployment>,
+    /// `<target>-primary`.
+    pub primary: Option<Deployment>,
+    /// The VirtualService `<service name or target>`.
+    pub virtual_service: Option<DynamicObject>,
+    /// Events regarding the Canary, in any order.
+    pub events: Vec<Event>,
+}
+
+/// The trees of several Canaries, separated by a blank line.
+pub fn render_all(snapshots: &[Snapshot], namespace: &str, now: Timestamp) -> String {
+    if snapshots.is_empty() {
+        return format!("No canaries found in namespace {namespace}.\n");
+    }
+    snapshots
+        .iter()
+        .map(|s| render(s, now))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The tree of one Canary.
+pub fn render(snap: &Snapshot, now: Timestamp) -> String {
+    let canary = &snap.canary;
+    let mut root = Node::new(canary_line(canary));
+    let target_name = canary.spec.target_ref.name.as_str();
+    let primary_name = format!("{target_name}-primary");
+    let width = primary_name.len();
+    root.push(Node::new(deployment_line(
+        target_name,
+        "canary",
+        width,
+        snap.target.as_ref(),
+    )));
+    root.push(Node::new(deployment_line(
+        &primary_name,
+        "primary",
+        width,
+        snap.primary.as_ref(),
+    )));
+    root.push(routes_node(
+        canary.service_name(),
+        snap.virtual_service.as_ref(),
+    ));
+    if let Some(analysis) = analysis_node(canary) {
+        root.push(analysis);
+    }
+    for line in problem_lines(snap, now) {
+        root.push(Node::new(line));
+    }
+    let mut out = String::new();
+    root.write(&mut out, "", "");
+    out
+}
+
+fn canary_line(canary: &Canary) -> String {
+    let name = kube::ResourceExt::name_any(canary);
+    let status = canary.status.clone().unwrap_or_default();
+    let phase = status.phase.map(|p| p.as_str()).unwrap_or("Unknown");
+    let threshold = canary.spec.analysis.threshold.unwrap_or(1);
+    let mut line = format!(
+        "Canary/{name}  {phase}  weight {}  failed checks {}/{threshold}",
+        status.canary_weight, status.failed_checks
+    );
+    match canary.spec.analysis.iterations {
+        Some(n) if n > 0 => {
+            let _ = write!(line, "  iterations {}/{n}", status.iterations);
+        }
+        _ => {
+            let _ = write!(line, "  iterations {}", status.iterations);
+        }
+    }
+    let revision = status.last_applied_spec.as_deref().unwrap_or("-");
+    let _ = write!(line, "  revision {revision}");
+    if status.last_applied_spec.is_some() && status.last_applied_spec == status.last_promoted_spec {
+        line.push_str(" (promoted)");
+    }
+    let mut flags = vec![];
+    if canary.spec.suspend == Some(true) {
+        flags.push("suspended".to_string());
+    }
+    if is_paused(canary) {
+        flags.push("paused".to_string());
+    }
+    if status.mirrored {
+        flags.push("mirroring".to_string());
+    }
+    let annotations = canary.metadata.annotations.as_ref();
+    for key in [PROMOTE, ABORT, RETRY] {
+        if annotations.is_some_and(|a| a.contains_key(key)) {
+            flags.push(format!(
+                "{} requested",
+                key.trim_start_matches("sluice.dev/")
+            ));
+        }
+    }
+    if !flags.is_empty() {
+        let _ = write!(line, "  [{}]", flags.join(", "));
+    }
+    line
+}
+
+fn deployment_line(name: &str, role: &str, width: usize, d: Option<&Deployment>) -> String {
+    let head = format!("Deployment/{name:<width$}  {role:<7}");
+    let Some(d) = d else {
+        return format!("{head}  not found");
+    };
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = d.status.clone().unwrap_or_default();
+    let image = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{head}  ready {}/{desired}  updated {}  {image}",
+        status.ready_replicas.unwrap_or(0),
+        status.updated_replicas.unwrap_or(0),
+    )
+}
+
+fn routes_node(service: &str, vs: Option<&DynamicObject>) -> Node {
+    let Some(vs) = vs else {
+        return Node::new(format!("VirtualService/{service}  not found"));
+    };
+    let spec = vs.data.get("spec").cloned().unwrap_or_default();
+    let spec: VirtualServiceSpec = match serde_json::from_value(spec) {
+        Ok(spec) => spec,
+        Err(e) => return Node::new(format!("VirtualService/{service}  unreadable spec: {e}")),
+    };
+    let mut node = Node::new(format!("VirtualService/{service}"));
+    if spec.http.is_empty() {
+        node.push(Node::new("no http routes".into()));
+    }
+    for (i, route) in spec.http.iter().enumerate() {
+        node.push(Node::new(route_line(i, route)));
+    }
+    node
+}
+
+fn route_line(index: usize, route: &HttpRoute) -> String {
+    let mut line = match &route.name {
+        Some(name) => format!("http[{index}] {name}"),
+        None => format!("http[{index}]"),
+    };
+    if !route.matches.is_empty() {
+        let matches: Vec<String> = route.matches.iter().map(match_summary).collect();
+        let _ = write!(line, " match {}", matches.join(" or "));
+    }
+    line.push(':');
+    let single = route.route.len() == 1;
+    for dest in &route.route {
+        // Istio: a lone destination takes everything; among several an omitted weight is 0.
+        let weight = dest.weight.unwrap_or(if single { 100 } else { 0 });
+        let _ = write!(line, " {} {weight}", destination(&dest.destination));
+    }
+    if route.route.is_empty() {
+        line.push_str(" no destinations");
+    }
+    if let Some(mirror) = &route.mirror {
+        let pct = route.mirror_percentage.map(|p| p.value).unwrap_or(100.0);
+        let _ = write!(line, "  mirror {} {}%", destination(mirror), number(pct));
+    }
+    for mirror in &route.mirrors {
+        let pct = mirror.percentage.map(|p| p.value).unwrap_or(100.0);
+        let _ = write!(
+            line,
+            "  mirror {} {}%",
+            destination(&mirror.destination),
+            number(pct)
+        );
+    }
+    line
+}
+
+fn destination(d: &crate::api::istio::Destination) -> String {
+    match &d.subset {
+        Some(subset) => format!("{}/{subset}", d.host),
+        None => d.host.clone(),
+    }
+}
+
+fn string_match(m: &StringMatch) -> String {
+    if let Some(v) = &m.exact {
+        format!("={v}")
+    } else if let Some(v) = &m.prefix {
+        format!("^={v}")
+    } else if let Some(v) = &m.regex {
+        format!("~={v}")
+    } else {
+        " present".into()
+    }
+}
+
+/// One match block in a short form: `header x-user=alice, sourceLabels app=web`.
+fn match_summary(m: &HttpMatchRequest) -> String {
+    let mut parts = vec![];
+    for (label, value) in [
+        ("uri", &m.uri),
+        ("method", &m.method),
+        ("authority", &m.authority),
+        ("scheme", &m.scheme),
+    ] {
+        if let Some(v) = value {
+            parts.push(format!("{label}{}", string_match(v)));
+        }
+    }
+    for (k, v) in &m.headers {
+        parts.push(format!("header {k}{}", string_match(v)));
+    }
+    for (k, v) in &m.without_headers {
+        parts.push(format!("without header {k}{}", string_match(v)));
+    }
+    for (k, v) in &m.query_params {
+        parts.push(format!("query {k}{}", string_match(v)));
+    }
+    if !m.source_labels.is_empty() {
+        let labels: Vec<String> = m
+            .source_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("sourceLabels {}", labels.join(",")));
+    }
+    if let Some(ns) = &m.source_namespace {
+        parts.push(format!("sourceNamespace {ns}"));
+    }
+    if let Some(port) = m.port {
+        parts.push(format!("port {port}"));
+    }
+    if parts.is_empty() {
+        return "{}".into();
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+fn analysis_node(canary: &Canary) -> Option<Node> {
+    let results = &canary.status.as_ref()?.last_analysis;
+    if results.is_empty() {
+        return None;
+    }
+    let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let mut node = Node::new("Last analysis".into());
+    for r in results {
+        let value = r.value.map(number).unwrap_or_else(|| "-".into());
+        let verdict = if r.passed { "ok" } else { "FAILED" };
+        let mut line = format!("{:<width$}  {value:>8}  {verdict}", r.name);
+        if !r.message.is_empty() {
+            let _ = write!(line, "  {}", one_line(&r.message));
+        }
+        node.push(Node::new(line));
+    }
+    Some(node)
+}
+
+/// Why the release does not move: a Ready condition that is False (InvalidSpec,
+/// TargetNotFound, ...) and the last Warning event regarding the Canary.
+fn problem_lines(snap: &Snapshot, now: Timestamp) -> Vec<String> {
+    let mut lines = vec![];
+    let conditions = snap
+        .canary
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if let Some(ready) = condition(conditions, "Ready").filter(|c| c.status == "False") {
+        lines.push(format!(
+            "Not ready ({}): {}",
+            ready.reason,
+            one_line(&ready.message)
+        ));
+    }
+    let warning = snap
+        .events
+        .iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .max_by_key(|e| event_time(e));
+    if let Some(e) = warning {
+        let age = event_time(e)
+            .map(|t| format!(" ({} ago)", age(now, t)))
+            .unwrap_or_default();
+        lines.push(format!(
+            "Last warning{age}: {}",
+            one_line(e.note.as_deref().unwrap_or("(no message)"))
+        ));
+    }
+    lines
+}
+
+fn condition<'a>(conditions: &'a [CanaryCondition], type_: &str) -> Option<&'a CanaryCondition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// When the event last happened, whichever of its time fields is set.
+pub fn event_time(e: &Event) -> Option<Timestamp> {
+    e.series
+        .as_ref()
+        .map(|s| s.last_observed_time.0)
+        .or(e.event_time.as_ref().map(|t| t.0))
+        .or(e.deprecated_last_timestamp.as_ref().map(|t| t.0))
+        .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// kubectl's style of age: `42s`, `3m5s`, `2h10m`, `4d`.
+pub fn age(now: Timestamp, then: Timestamp) -> String {
+    let secs = now.as_second().saturating_sub(then.as_second()).max(0);
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 600 => format!("{}m{}s", s / 60, s % 60),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// A metric value without noise: `99.5`, `120`, `0.25`.
+fn number(v: f64) -> String {
+    if !v.is_finite() {
+        return v.to_string();
+    }
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+struct Node {
+    text: String,
+    children: Vec<Node>,
+}
+
+impl Node {
+    fn new(text: String) -> Self {
+        Node {
+            text,
+            children: vec![],
+        }
+    }
+
+    fn push(&mut self, child: Node) {
+        self.children.push(child);
+    }
+
+    fn write(&self, out: &mut String, lead: &str, rest: &str) {
+        let _ = writeln!(out, "{lead}{}", self.text);
+        let n = self.children.len();
+        for (i, child) in self.children.iter().enumerate() {
+            let last = i + 1 == n;
+            let (branch, pad) = if last {
+                ("└── ", "    ")
+            } else {
+                ("├── ", "│   ")
+            };
+            child.write(out, &format!("{rest}{branch}"), &format!("{rest}{pad}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canary(extra_status: &str, annotations: &str) -> Canary {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: shop, annotations: {{{annotations}}}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  service: {{port: 80}}
+  analysis: {{interval: 3s, threshold: 2, maxWeight: 50, stepWeight: 10}}
+status:
+  lastAppliedSpec: bbb
+{extra_status}
+"#
+        ))
+        .expect("canary yaml")
+    }
+
+    fn deployment(name: &str, desired: i32, ready: i32, image: &str) -> Deployment {
+        serde_yaml::from_str(&format!(
+            r#"
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  replicas: {desired}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec: {{containers: [{{name: app, image: "{image}"}}]}}
+status: {{readyReplicas: {ready}, updatedReplicas: {ready}}}
+"#
+        ))
+        .expect("deployment yaml")
+    }
+
+    fn vs(http: &str) -> DynamicObject {
+        serde_yaml::from_str(&format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: catalog, namespace: shop}}
+spec:
+  hosts: [catalog]
+  http:
+{http}
+"#
+        ))
+        .expect("vs yaml")
+    }
+
+    fn warning(note: &str, at: &str) -> Event {
+        serde_yaml::from_str(&format!(
+            r#"
+metadata: {{name: catalog-release.1, namespace: shop}}
+eventTime: "{at}"
+type: Warning
+reason: Synced
+note: "{note}"
+regarding: {{kind: Canary, name: catalog-release, namespace: shop}}
+reportingController: sluice.dev/controller
+reportingInstance: test
+action: Reconcile
+"#
+        ))
+        .expect("event yaml")
+    }
+
+    fn now() -> Timestamp {
+        "2026-01-01T12:00:00Z".parse().expect("timestamp")
+    }
+
+    const SPLIT: &str = r#"
+  - match: [{sourceLabels: {app: webapp}}]
+    route:
+    - {destination: {host: catalog-primary}, weight: 80}
+    - {destination: {host: catalog-canary}, weight: 20}
+  - route:
+    - {destination: {host: catalog-primary}, weight: 80}
+    - {destination: {host: catalog-canary}, weight: 20}"#;
+
+    #[test]
+    fn renders_trees() {
+        struct Case {
+            name: &'static str,
+            snap: Snapshot,
+            want: &'static str,
+        }
+        let progressing = "  lastPromotedSpec: aaa\n  phase: Progressing\n  canaryWeight: 20\n  failedChecks: 1\n  \
+            lastAnalysis:\n  - {name: request-success-rate, value: 99.5, passed: true}\n  \
+            - {name: request-duration, value: 612.345, passed: false, message: above 500}";
+        let cases = vec![
+            Case {
+                name: "progressing with routes, analysis and a warning",
+                snap: Snapshot {
+                    canary: canary(progressing, ""),
+                    target: Some(deployment("catalog", 2, 2, "shop/catalog:v2")),
+                    primary: Some(deployment("catalog-primary", 2, 1, "shop/catalog:v1")),
+                    virtual_service: Some(vs(SPLIT)),
+                    events: vec![
+                        warning("older", "2026-01-01T11:00:00Z"),
+                        warning(
+                            "Halt catalog.shop advancement request-duration 612 > 500",
+                            "2026-01-01T11:59:48Z",
+                        ),
+                    ],
+                },
+                want: "\
+Canary/catalog-release  Progressing  weight 20  failed checks 1/2  iterations 0  revision bbb
+├── Deployment/catalog          canary   ready 2/2  updated 2  shop/catalog:v2
+├── Deployment/catalog-primary  primary  ready 1/2  updated 1  shop/catalog:v1
+├── VirtualService/catalog
+│   ├── http[0] match {sourceLabels app=webapp}: catalog-primary 80 catalog-canary 20
+│   └── http[1]: catalog-primary 80 catalog-canary 20
+├── Last analysis
+│   ├── request-success-rate      99.5  ok
+│   └── request-duration        612.35  FAILED  above 500
+└── Last warning (12s ago): Halt catalog.shop advancement request-duration 612 > 500
+",
+            },
+            Case {
+                name: "nothing created yet, invalid spec, paused with a pending promote",
+                snap: Snapshot {
+                    canary: canary(
+                        "  lastPromotedSpec: aaa\n  phase: Initializing\n  conditions:\n  - {type: Ready, status: \"False\", \
+                         reason: InvalidSpec, message: spec.analysis.stepWeights must ascend}",
+                        r#"sluice.dev/paused: "true", sluice.dev/promote: bbb"#,
+                    ),
+                    target: None,
+                    primary: None,
+                    virtual_service: None,
+                    events: vec![],
+                },
+                want: "\
+Canary/catalog-release  Initializing  weight 0  failed checks 0/2  iterations 0  revision bbb  [paused, promote requested]
+├── Deployment/catalog          canary   not found
+├── Deployment/catalog-primary  primary  not found
+├── VirtualService/catalog  not found
+└── Not ready (InvalidSpec): spec.analysis.stepWeights must ascend
+",
+            },
+            Case {
+                name: "mirroring, header match, single destination",
+                snap: Snapshot {
+                    canary: canary(
+                        "  phase: Succeeded\n  mirrored: true\n  lastPromotedSpec: bbb",
+                        "",
+                    ),
+                    target: Some(deployment("catalog", 0, 0, "shop/catalog:v2")),
+                    primary: Some(deployment("catalog-primary", 3, 3, "shop/catalog:v2")),
+                    virtual_service: Some(vs(r#"
+  - name: ab
+    match: [{headers: {x-user: {exact: alice}}, uri: {prefix: /api}}, {headers: {cookie: {regex: ".*canary.*"}}}]
+    route: [{destination: {host: catalog-canary, subset: v2}}]
+  - route: [{destination: {host: catalog-primary}}]
+    mirror: {host: catalog-canary}
+    mirrorPercentage: {value: 50.0}"#)),
+                    events: vec![],
+                },
+                want: "\
+Canary/catalog-release  Succeeded  weight 0  failed checks 0/2  iterations 0  revision bbb (promoted)  [mirroring]
+├── Deployment/catalog          canary   ready 0/0  updated 0  shop/catalog:v2
+├── Deployment/catalog-primary  primary  ready 3/3  updated 3  shop/catalog:v2
+└── VirtualService/catalog
+    ├── http[0] ab match {uri^=/api, header x-user=alice} or {header cookie~=.*canary.*}: catalog-canary/v2 100
+    └── http[1]: catalog-primary 100  mirror catalog-canary 50%
+",
+            },
+        ];
+        for case in cases {
+            let got = render(&case.snap, now());
+            assert_eq!(got, case.want, "case {:?}:\n{got}", case.name);
+        }
+    }
+
+    #[test]
+    fn empty_namespace_says_so() {
+        assert_eq!(
+            render_all(&[], "shop", now()),
+            "No canaries found in namespace shop.\n"
+        );
+    }
+
+    #[test]
+    fn unreadable_virtual_service_is_shown_not_fatal() {
+        let mut bad = vs("");
+        bad.data["spec"] = serde_json::json!({"http": "not a list"});
+        let node = routes_node("catalog", Some(&bad));
+        assert!(
+            node.text
+                .starts_with("VirtualService/catalog  unreadable spec:"),
+            "{}",
+            node.text
+        );
+    }
+
+    #[test]
+    fn ages_and_numbers() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (65, "1m5s"),
+            (1800, "30m"),
+            (7300, "2h1m"),
+            (200_000, "2d"),
+            (-5, "0s"),
+        ];
+        for (secs, want) in cases {
+            let then = Timestamp::from_second(now().as_second() - secs).expect("timestamp");
+            assert_eq!(age(now(), then), want, "{secs}s");
+        }
+        for (v, want) in [(99.5, "99.5"), (120.0, "120"), (0.254, "0.25"), (0.0, "0")] {
+            assert_eq!(number(v), want);
+        }
+    }
+}
