@@ -204,7 +204,14 @@ async fn wait(conn: &Connection, name: &str, timeout: Duration) -> anyhow::Resul
     let code = outcome.exit_code();
     match outcome {
         Outcome::Succeeded(m) => println!("Succeeded: {m}"),
-        Outcome::Failed(m) => println!("Failed: {m}"),
+        Outcome::Failed(m) => {
+            println!("Failed: {m}");
+            // The rollback's own reason (threshold, deadline, abort) is in the events.
+            let canary = conn.canary(name).await?;
+            if let Ok(Some(warning)) = conn.last_warning(&canary).await {
+                println!("Last warning: {warning}");
+            }
+        }
         Outcome::Running(m) => println!("Timed out after {}s: {m}", timeout.as_secs()),
         Outcome::Invalid(m) => eprintln!("error: {m}"),
     }

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use super::control::{self, Action, ControlError};
-use super::render::Snapshot;
+use super::render::{last_warning, Snapshot};
 use crate::api::Canary;
 use crate::controller::configs::{self, ConfigKind};
 use crate::controller::workloads::revision_hash;
@@ -144,6 +144,12 @@ impl Connection {
             });
         }
         Ok(out)
+    }
+
+    /// The message of the last Warning event regarding the Canary.
+    pub async fn last_warning(&self, canary: &Canary) -> Result<Option<String>, ClusterError> {
+        let events = self.canary_events().await?;
+        Ok(last_warning(events.iter().filter(|e| regards(e, canary))).and_then(|e| e.note.clone()))
     }
 
     /// Events about Canaries in the namespace; filtered on the server when it can.

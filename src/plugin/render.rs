@@ -10,7 +10,7 @@ use kube::api::DynamicObject;
 
 use super::{is_paused, ABORT, PROMOTE, RETRY};
 use crate::api::istio::{HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec};
-use crate::api::{Canary, CanaryCondition};
+use crate::api::{Canary, CanaryCondition, Phase};
 
 /// Everything the tree of one Canary shows, as read from the cluster.
 #[derive(Clone, Debug)]
@@ -291,11 +291,12 @@ fn problem_lines(snap: &Snapshot, now: Timestamp) -> Vec<String> {
             one_line(&ready.message)
         ));
     }
-    let warning = snap
-        .events
-        .iter()
-        .filter(|e| e.type_.as_deref() == Some("Warning"))
-        .max_by_key(|e| event_time(e));
+    // After a success an older warning (say, of a failed release before) explains nothing.
+    let settled = matches!(
+        snap.canary.phase(),
+        Some(Phase::Succeeded | Phase::Initialized)
+    );
+    let warning = last_warning(snap.events.iter()).filter(|_| !settled);
     if let Some(e) = warning {
         let age = event_time(e)
             .map(|t| format!(" ({} ago)", age(now, t)))
@@ -306,6 +307,26 @@ fn problem_lines(snap: &Snapshot, now: Timestamp) -> Vec<String> {
         ));
     }
     lines
+}
+
+/// The last Warning event that says why. "Canary failed! Scaling down" only says that a
+/// rollback happened; the warning recorded just before it carries the reason.
+pub fn last_warning<'a>(events: impl Iterator<Item = &'a Event>) -> Option<&'a Event> {
+    let mut warnings: Vec<&Event> = events
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .collect();
+    warnings.sort_by_key(|e| event_time(e));
+    let consequence = |e: &&Event| {
+        e.note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("Canary failed!"))
+    };
+    warnings
+        .iter()
+        .rev()
+        .find(|e| !consequence(e))
+        .or(warnings.last())
+        .copied()
 }
 
 fn condition<'a>(conditions: &'a [CanaryCondition], type_: &str) -> Option<&'a CanaryCondition> {
@@ -523,7 +544,7 @@ Canary/catalog-release  Initializing  weight 0  failed checks 0/2  iterations 0 
 ",
             },
             Case {
-                name: "mirroring, header match, single destination",
+                name: "succeeded: mirroring, header match, single destination, old warning hidden",
                 snap: Snapshot {
                     canary: canary(
                         "  phase: Succeeded\n  mirrored: true\n  lastPromotedSpec: bbb",
@@ -538,7 +559,7 @@ Canary/catalog-release  Initializing  weight 0  failed checks 0/2  iterations 0 
   - route: [{destination: {host: catalog-primary}}]
     mirror: {host: catalog-canary}
     mirrorPercentage: {value: 50.0}"#)),
-                    events: vec![],
+                    events: vec![warning("Canary failed!", "2026-01-01T11:59:00Z")],
                 },
                 want: "\
 Canary/catalog-release  Succeeded  weight 0  failed checks 0/2  iterations 0  revision bbb (promoted)  [mirroring]
@@ -553,6 +574,36 @@ Canary/catalog-release  Succeeded  weight 0  failed checks 0/2  iterations 0  re
         for case in cases {
             let got = render(&case.snap, now());
             assert_eq!(got, case.want, "case {:?}:\n{got}", case.name);
+        }
+    }
+
+    #[test]
+    fn last_warning_prefers_the_reason_over_the_consequence() {
+        let reason = "Rolling back catalog-release.shop failed checks threshold reached 2";
+        let cases: Vec<(Vec<Event>, Option<&str>)> = vec![
+            (vec![], None),
+            (
+                vec![
+                    warning(
+                        "Canary failed! Scaling down catalog.shop",
+                        "2026-01-01T11:00:02Z",
+                    ),
+                    warning(reason, "2026-01-01T11:00:01Z"),
+                    warning("older", "2026-01-01T10:00:00Z"),
+                ],
+                Some(reason),
+            ),
+            (
+                vec![warning(
+                    "Canary failed! Scaling down catalog.shop",
+                    "2026-01-01T11:00:02Z",
+                )],
+                Some("Canary failed! Scaling down catalog.shop"),
+            ),
+        ];
+        for (events, want) in cases {
+            let got = last_warning(events.iter()).and_then(|e| e.note.as_deref());
+            assert_eq!(got, want, "{events:?}");
         }
     }
 

@@ -206,6 +206,8 @@ fn plugin_steers_releases() {
     assert_eq!(primary_version(ns).as_deref(), Some("v2"));
     let out = expect_exit(ns, &["status", CANARY, "--timeout", "20s"], 1);
     assert!(out.contains("Failed: revision"), "{out}");
+    // The reason comes from the controller's events.
+    assert!(out.contains("aborted on request"), "{out}");
     let out = run(ns, &["abort", CANARY]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
