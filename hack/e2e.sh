@@ -9,7 +9,8 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 # One e2e run at a time per machine: the cluster, its ports and the helm release are shared.
 if [ -z "${SLUICE_E2E_LOCKED:-}" ]; then
-  exec env SLUICE_E2E_LOCKED=1 flock /tmp/sluice-e2e.lock "$0" "$@"
+  # -o: the cluster daemons this run may start must not inherit (and keep) the lock.
+  exec env SLUICE_E2E_LOCKED=1 flock -o /tmp/sluice-e2e.lock "$0" "$@"
 fi
 ./hack/cluster.sh up
 eval "$(./hack/cluster.sh env)"
