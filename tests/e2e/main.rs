@@ -3,6 +3,7 @@
 //!   cargo test --test e2e -- --ignored --test-threads=1
 
 mod plugin;
+mod strategies;
 mod support;
 mod traffic;
 

@@ -1,0 +1,267 @@
+//! Strategies and gates on the local cluster: an A/B release through sluice-proxy held
+//! by a confirm-rollout gate, with pre-rollout, rollout, post-rollout and event hooks and
+//! alerts, all answered by a receiver this test runs on the pod network's host address.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::support::*;
+use super::traffic::count;
+use super::{demo_app_yaml, install_controller, router_address, status_line};
+
+/// Records every POST by path; `/gate` answers 200 when open, else 403.
+struct Receiver {
+    address: String,
+    gate_open: Arc<AtomicBool>,
+    received: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        // Pods reach the host on the bridge address of the project's pod network.
+        let host = std::env::var("SLUICE_PROMETHEUS_POD_URL")
+            .ok()
+            .and_then(|u| {
+                u.trim_start_matches("http://")
+                    .split(':')
+                    .next()
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "10.244.0.1".into());
+        let listener = TcpListener::bind(format!("{host}:0")).expect("bind on the bridge address");
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let gate_open = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(Mutex::new(vec![]));
+        let (gate, log) = (gate_open.clone(), received.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (gate, log) = (gate.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &gate, &log);
+                });
+            }
+        });
+        Receiver {
+            address,
+            gate_open,
+            received,
+        }
+    }
+
+    fn bodies(&self, path: &str) -> Vec<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+fn serve(
+    stream: std::net::TcpStream,
+    gate: &AtomicBool,
+    log: &Mutex<Vec<(String, String)>>,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header)?;
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    log.lock()
+        .unwrap()
+        .push((path.clone(), String::from_utf8_lossy(&body).into_owned()));
+    let status = if path == "/gate" && !gate.load(Ordering::SeqCst) {
+        "403 Forbidden"
+    } else {
+        "200 OK"
+    };
+    let mut stream = stream;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+}
+
+fn ab_canary_yaml(ns: &str, hooks: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1beta1
+kind: AlertProvider
+metadata: {{name: on-call, namespace: {ns}}}
+spec: {{type: webhook, address: "{hooks}/alert"}}
+---
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: sluice
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service: {{name: catalog, port: 80, targetPort: 3000}}
+  analysis:
+    interval: 3s
+    threshold: 2
+    iterations: 3
+    match: [{{headers: {{x-canary: {{exact: insider}}}}}}]
+    metrics:
+    - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 30s, onNoData: skip}}
+    webhooks:
+    - {{name: approval, type: confirm-rollout, url: "{hooks}/gate"}}
+    - {{name: smoke, type: pre-rollout, url: "{hooks}/pre", metadata: {{suite: smoke}}}}
+    - {{name: load, type: rollout, url: "{hooks}/rollout"}}
+    - {{name: report, type: post-rollout, url: "{hooks}/post"}}
+    - {{name: audit, type: event, url: "{hooks}/event"}}
+    alerts:
+    - {{name: on-call, severity: info, providerRef: {{name: on-call}}}}
+"#
+    )
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
+    install_controller();
+    let receiver = Receiver::start();
+    let ns = TestNamespace::create("e2e-ab");
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    apply_yaml(ns, &ab_canary_yaml(ns, &receiver.address));
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    let router = router_address(ns);
+
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
+        ],
+    );
+    // The gate is closed: Waiting, and the target stays scaled to zero.
+    wait_for(ns, "phase Waiting", Duration::from_secs(60), || {
+        (status_line(ns)?.0 == "Waiting").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    let replicas = jsonpath(ns, "deploy/catalog", "{.spec.replicas}").unwrap_or_default();
+    assert_eq!(
+        replicas.trim(),
+        "0",
+        "target scaled up behind a closed gate"
+    );
+    assert!(!receiver.bodies("/gate").is_empty());
+
+    receiver.gate_open.store(true, Ordering::SeqCst);
+    // During the iterations the header reaches v2 and everyone else stays on v1.
+    wait_for(
+        ns,
+        "the header route to reach v2",
+        Duration::from_secs(90),
+        || {
+            let iterations: i32 = jsonpath(ns, "canary/catalog-release", "{.status.iterations}")?
+                .trim()
+                .parse()
+                .ok()?;
+            if iterations < 1 {
+                return None;
+            }
+            let (ok, v2) = count(
+                &router,
+                "catalog",
+                "/items",
+                Some(("x-canary", "insider")),
+                "imageUrl",
+                20,
+            );
+            (ok == 20 && v2 == 20).then_some(())
+        },
+    );
+    let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 50);
+    let phase = status_line(ns).map(|l| l.0).unwrap_or_default();
+    if phase == "Progressing" && (ok < 50 || v2 > 0) {
+        fail(
+            ns,
+            &format!("without the header {v2} of {ok} answers came from v2"),
+        );
+    }
+    wait_for(
+        ns,
+        "the release to succeed",
+        Duration::from_secs(120),
+        || (status_line(ns)?.0 == "Succeeded").then_some(()),
+    );
+
+    let pre = receiver.bodies("/pre");
+    assert_eq!(pre.len(), 1, "pre-rollout calls: {pre:?}");
+    assert!(pre[0].contains("\"suite\":\"smoke\""), "{}", pre[0]);
+    assert!(
+        pre[0].contains(&format!("\"namespace\":\"{ns}\"")),
+        "{}",
+        pre[0]
+    );
+    assert!(
+        receiver.bodies("/rollout").len() >= 3,
+        "one rollout hook per iteration"
+    );
+    wait_for(ns, "the post-rollout hook", Duration::from_secs(20), || {
+        let post = receiver.bodies("/post");
+        (post.len() == 1 && post[0].contains("Succeeded")).then_some(())
+    });
+    let events = receiver.bodies("/event").join("\n");
+    for message in [
+        "New revision detected",
+        "Advance catalog-release",
+        "Promotion completed",
+    ] {
+        assert!(events.contains(message), "no event hook with {message:?}");
+    }
+    let alerts: Vec<BTreeMap<String, serde_json::Value>> = receiver
+        .bodies("/alert")
+        .iter()
+        .filter_map(|b| serde_json::from_str(b).ok())
+        .collect();
+    let messages: Vec<String> = alerts
+        .iter()
+        .filter_map(|a| {
+            a.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .collect();
+    for wanted in [
+        "waiting for approval",
+        "New revision detected",
+        "Promotion completed",
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(wanted)),
+            "no alert with {wanted:?} in {messages:?}"
+        );
+    }
+}
