@@ -8,5 +8,6 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod reconcile;
+pub mod revert;
 pub mod run;
 pub mod workloads;

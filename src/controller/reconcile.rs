@@ -19,6 +19,7 @@ use super::context::Context;
 use super::gates;
 use super::metrics::{CanaryLabels, MetricLabels, WorkloadLabels};
 use super::observe::{observe, Observation};
+use super::revert;
 use super::workloads::{self, AppLabel};
 use crate::api::{Canary, CanaryStatus, Phase};
 use crate::rollout::{self, EventType, Need, Plan, PrimaryAction, ReleaseSpec};
@@ -64,14 +65,14 @@ impl Error {
 
 pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.time_reconcile();
-    if canary.metadata.deletion_timestamp.is_some() {
-        // Owned objects are removed by the garbage collector through owner references.
-        return Ok(Action::await_change());
-    }
     if !ctx.diagnostics.read().await.caches_synced {
         // Deciding on a partial cache would report objects as missing.
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
+    if canary.metadata.deletion_timestamp.is_some() {
+        return revert::on_deletion(&canary, &ctx).await;
+    }
+    revert::sync_finalizer(&canary, &ctx).await?;
     let canary = ctx.freshest(canary);
     let now = Timestamp::now();
     let mut observation = observe(&canary, &ctx).await;
@@ -356,7 +357,12 @@ async fn copy_configs(
 }
 
 /// Applies `obj` unless the cached copy already carries the same content hash.
-async fn apply<K>(ctx: &Context, store: &Store<K>, api: Api<K>, mut obj: K) -> Result<bool, Error>
+pub(super) async fn apply<K>(
+    ctx: &Context,
+    store: &Store<K>,
+    api: Api<K>,
+    mut obj: K,
+) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {

@@ -13,10 +13,11 @@ use super::support::*;
 use super::traffic::count;
 use super::{demo_app_yaml, install_controller, router_address, status_line};
 
-/// Records every POST by path; `/gate` answers 200 when open, else 403.
+/// Records every POST by path; `/gate` and `/rollback` answer 200 when open, else 403.
 struct Receiver {
     address: String,
     gate_open: Arc<AtomicBool>,
+    rollback_open: Arc<AtomicBool>,
     received: Arc<Mutex<Vec<(String, String)>>>,
 }
 
@@ -35,19 +36,21 @@ impl Receiver {
         let listener = TcpListener::bind(format!("{host}:0")).expect("bind on the bridge address");
         let address = format!("http://{}", listener.local_addr().unwrap());
         let gate_open = Arc::new(AtomicBool::new(false));
+        let rollback_open = Arc::new(AtomicBool::new(false));
         let received = Arc::new(Mutex::new(vec![]));
-        let (gate, log) = (gate_open.clone(), received.clone());
+        let (gate, rollback, log) = (gate_open.clone(), rollback_open.clone(), received.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (gate, log) = (gate.clone(), log.clone());
+                let (gate, rollback, log) = (gate.clone(), rollback.clone(), log.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &gate, &log);
+                    let _ = serve(stream, &gate, &rollback, &log);
                 });
             }
         });
         Receiver {
             address,
             gate_open,
+            rollback_open,
             received,
         }
     }
@@ -66,6 +69,7 @@ impl Receiver {
 fn serve(
     stream: std::net::TcpStream,
     gate: &AtomicBool,
+    rollback: &AtomicBool,
     log: &Mutex<Vec<(String, String)>>,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -92,11 +96,12 @@ fn serve(
     log.lock()
         .unwrap()
         .push((path.clone(), String::from_utf8_lossy(&body).into_owned()));
-    let status = if path == "/gate" && !gate.load(Ordering::SeqCst) {
-        "403 Forbidden"
-    } else {
-        "200 OK"
+    let closed = match path.as_str() {
+        "/gate" => !gate.load(Ordering::SeqCst),
+        "/rollback" => !rollback.load(Ordering::SeqCst),
+        _ => false,
     };
+    let status = if closed { "403 Forbidden" } else { "200 OK" };
     let mut stream = stream;
     write!(
         stream,
@@ -264,4 +269,224 @@ fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
             "no alert with {wanted:?} in {messages:?}"
         );
     }
+}
+
+/// revertOnDeletion: deleting the Canary scales the target back up and leaves the apex
+/// Service selecting it; the primary goes.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn deleting_a_canary_with_revert_on_deletion_gives_the_app_back() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-revert");
+    let ns = ns.0.as_str();
+    super::initialize(ns, "2s", 60);
+    let replicas = jsonpath(ns, "deploy/catalog", "{.spec.replicas}").unwrap_or_default();
+    assert_eq!(replicas.trim(), "0");
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "canary/catalog-release",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"revertOnDeletion":true}}"#,
+        ],
+    );
+    wait_for(ns, "the revert finalizer", Duration::from_secs(30), || {
+        jsonpath(ns, "canary/catalog-release", "{.metadata.finalizers}")?
+            .contains("sluice.dev/revert-on-deletion")
+            .then_some(())
+    });
+    must(
+        ns,
+        &["-n", ns, "delete", "canary/catalog-release", "--wait=false"],
+    );
+    wait_for(ns, "the Canary to be gone", Duration::from_secs(90), || {
+        kubectl(&["-n", ns, "get", "canary/catalog-release"])
+            .is_err()
+            .then_some(())
+    });
+    let ready = jsonpath(ns, "deploy/catalog", "{.status.readyReplicas}").unwrap_or_default();
+    assert_eq!(ready.trim(), "2", "target replicas after the revert");
+    let selector = jsonpath(ns, "service/catalog", "{.spec.selector.app}");
+    assert_eq!(selector.as_deref().map(str::trim), Some("catalog"));
+    let owners = jsonpath(ns, "service/catalog", "{.metadata.ownerReferences}").unwrap_or_default();
+    assert!(
+        owners.trim().is_empty(),
+        "apex Service still owned: {owners}"
+    );
+    wait_for(
+        ns,
+        "the primary to be collected",
+        Duration::from_secs(60),
+        || {
+            kubectl(&["-n", ns, "get", "deploy/catalog-primary"])
+                .is_err()
+                .then_some(())
+        },
+    );
+}
+
+fn blue_green_canary_yaml(ns: &str, hooks: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: sluice
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service: {{name: catalog, port: 80, targetPort: 3000}}
+  analysis:
+    interval: 3s
+    threshold: 2
+    iterations: 3
+    mirror: true
+    webhooks:
+    - {{name: approval, type: confirm-promotion, url: "{hooks}/gate"}}
+    - {{name: stop, type: rollback, url: "{hooks}/rollback"}}
+"#
+    )
+}
+
+fn events_of(ns: &str) -> String {
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Canary",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+    )
+}
+
+/// Blue/Green with mirroring: the canary gets copies (Host `catalog-shadow`) while users
+/// stay on v1, the run waits for promotion approval, then all traffic switches; the next
+/// release is rolled back by a rollback webhook.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
+    install_controller();
+    let receiver = Receiver::start();
+    let ns = TestNamespace::create("e2e-bluegreen");
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    apply_yaml(ns, &blue_green_canary_yaml(ns, &receiver.address));
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    let router = router_address(ns);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
+        ],
+    );
+    wait_for(
+        ns,
+        "the mirror on the route",
+        Duration::from_secs(90),
+        || {
+            let host = jsonpath(ns, "virtualservice/catalog", "{.spec.http[0].mirror.host}")?;
+            (host.trim() == "catalog-canary").then_some(())
+        },
+    );
+    // Users get v1; the canary pods receive the copies.
+    let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 40);
+    assert_eq!((ok, v2), (40, 0), "answers while mirroring");
+    let canary_pods = wait_for(ns, "the canary pod IPs", Duration::from_secs(30), || {
+        jsonpath(
+            ns,
+            "pods",
+            "{.items[?(@.metadata.labels.app==\"catalog\")].status.podIP}",
+        )
+        .filter(|ips| !ips.trim().is_empty())
+    });
+    wait_for(
+        ns,
+        "mirrored copies at the canary",
+        Duration::from_secs(30),
+        || {
+            count(&router, "catalog", "/items", None, "imageUrl", 10);
+            canary_pods.split_whitespace().find_map(|ip| {
+                let out = std::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "--max-time",
+                        "3",
+                        &format!("http://{ip}:3000/_demo/received"),
+                    ])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout)
+                    .contains("catalog-shadow")
+                    .then_some(())
+            })
+        },
+    );
+
+    wait_for(
+        ns,
+        "phase WaitingPromotion",
+        Duration::from_secs(90),
+        || (status_line(ns)?.0 == "WaitingPromotion").then_some(()),
+    );
+    let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 20);
+    assert_eq!((ok, v2), (20, 0), "answers while waiting for approval");
+    receiver.gate_open.store(true, Ordering::SeqCst);
+    wait_for(
+        ns,
+        "the release to succeed",
+        Duration::from_secs(120),
+        || (status_line(ns)?.0 == "Succeeded").then_some(()),
+    );
+    let events = events_of(ns);
+    for wanted in [
+        "waiting for promotion approval",
+        "Routing all traffic to canary",
+    ] {
+        assert!(events.contains(wanted), "no event {wanted:?} in\n{events}");
+    }
+    let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 20);
+    assert_eq!((ok, v2), (20, 20), "answers after promotion");
+
+    // The next release: a rollback hook answering 200 aborts it.
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v3",
+        ],
+    );
+    wait_for(ns, "phase Progressing", Duration::from_secs(60), || {
+        (status_line(ns)?.0 == "Progressing").then_some(())
+    });
+    receiver.rollback_open.store(true, Ordering::SeqCst);
+    wait_for(ns, "the rollback", Duration::from_secs(60), || {
+        (status_line(ns)?.0 == "Failed").then_some(())
+    });
+    assert!(events_of(ns).contains("manual webhook invoked"));
+    let image = jsonpath(
+        ns,
+        "deploy/catalog-primary",
+        "{.spec.template.spec.containers[0].image}",
+    );
+    assert_eq!(image.as_deref(), Some("ghcr.io/sluice-dev/sluice-demo:v2"));
 }
