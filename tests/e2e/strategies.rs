@@ -490,3 +490,135 @@ fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
     );
     assert_eq!(image.as_deref(), Some("ghcr.io/sluice-dev/sluice-demo:v2"));
 }
+
+/// One request through the router with curl: (status line and headers, body).
+fn curl_router(router: &str, cookie: Option<&str>) -> Option<(String, String)> {
+    let mut args = vec![
+        "-s".to_string(),
+        "-i".to_string(),
+        "--max-time".to_string(),
+        "3".to_string(),
+        "-H".to_string(),
+        "Host: catalog".to_string(),
+    ];
+    if let Some(cookie) = cookie {
+        args.push("-H".into());
+        args.push(format!("Cookie: {cookie}"));
+    }
+    args.push(format!("http://{router}/items"));
+    let out = std::process::Command::new("curl")
+        .args(&args)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n");
+    let (head, body) = text.split_once("\n\n")?;
+    Some((head.to_string(), body.to_string()))
+}
+
+fn set_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .map(|l| l["set-cookie:".len()..].trim().to_string())
+}
+
+/// Session affinity through sluice-proxy: a client the canary answered gets a cookie and
+/// stays on the canary; after promotion the primary expires the cookie.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn session_affinity_keeps_a_canary_client_on_the_canary() {
+    install_controller();
+    let receiver = Receiver::start();
+    let ns = TestNamespace::create("e2e-affinity");
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    apply_yaml(
+        ns,
+        &format!(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: sluice
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service: {{name: catalog, port: 80, targetPort: 3000}}
+  analysis:
+    interval: 3s
+    threshold: 2
+    maxWeight: 20
+    stepWeight: 20
+    sessionAffinity: {{cookieName: catalog-canary, maxAge: 600}}
+    webhooks:
+    - {{name: approval, type: confirm-promotion, url: "{}/gate"}}
+"#,
+            receiver.address
+        ),
+    );
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    let router = router_address(ns);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
+        ],
+    );
+    // Held at weight 20 by the closed promotion gate.
+    wait_for(
+        ns,
+        "phase WaitingPromotion",
+        Duration::from_secs(90),
+        || (status_line(ns)?.0 == "WaitingPromotion").then_some(()),
+    );
+    let cookie = wait_for(
+        ns,
+        "a canary answer with a cookie",
+        Duration::from_secs(60),
+        || {
+            let (head, body) = curl_router(&router, None)?;
+            if !body.contains("imageUrl") {
+                return None;
+            }
+            set_cookie(&head)
+        },
+    );
+    assert!(cookie.contains("Max-Age=600"), "{cookie}");
+    let pair = cookie
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    for _ in 0..20 {
+        let (_, body) = curl_router(&router, Some(&pair)).expect("router answers");
+        assert!(
+            body.contains("imageUrl"),
+            "a client with {pair} left the canary"
+        );
+    }
+
+    receiver.gate_open.store(true, Ordering::SeqCst);
+    wait_for(
+        ns,
+        "the release to succeed",
+        Duration::from_secs(120),
+        || (status_line(ns)?.0 == "Succeeded").then_some(()),
+    );
+    let expired = wait_for(
+        ns,
+        "the cookie to be expired",
+        Duration::from_secs(30),
+        || {
+            let (head, _) = curl_router(&router, Some(&pair))?;
+            set_cookie(&head).filter(|c| c.contains("Max-Age=-1"))
+        },
+    );
+    assert!(expired.starts_with("catalog-canary="), "{expired}");
+}
