@@ -636,6 +636,23 @@ impl<'a> Decision<'a> {
             (status.canary_weight, status.iterations, status.mirrored);
         match &self.spec.strategy {
             Strategy::Canary { steps, mirror } => {
+                let Some(next) = steps.next(weight) else {
+                    return self.request_promotion();
+                };
+                // Before any traffic increase, the mirroring step included (as Flagger).
+                match self.gate(WebhookType::ConfirmTrafficIncrease) {
+                    Gate::Pass => {}
+                    Gate::Pending => return,
+                    Gate::Fail(why) => {
+                        return self.info(
+                            "Synced",
+                            format!(
+                                "Halt {} advancement waiting for traffic increase approval: {why}",
+                                self.id()
+                            ),
+                        )
+                    }
+                }
                 if let (Some(percent), 0, false) = (mirror, weight, mirrored) {
                     self.plan.status.mirrored = true;
                     self.plan.status.last_transition_time = Some(Time(self.now));
@@ -649,22 +666,6 @@ impl<'a> Decision<'a> {
                         ),
                     );
                     return;
-                }
-                let Some(next) = steps.next(weight) else {
-                    return self.request_promotion();
-                };
-                match self.gate(WebhookType::ConfirmTrafficIncrease) {
-                    Gate::Pass => {}
-                    Gate::Pending => return,
-                    Gate::Fail(why) => {
-                        return self.info(
-                            "Synced",
-                            format!(
-                                "Halt {} advancement waiting for traffic increase approval: {why}",
-                                self.id()
-                            ),
-                        )
-                    }
                 }
                 if weight == 0 && !mirrored {
                     self.info(

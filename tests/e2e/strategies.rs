@@ -622,3 +622,88 @@ spec:
     );
     assert!(expired.starts_with("catalog-canary="), "{expired}");
 }
+
+/// The VirtualService states a canary release with a mirroring step and
+/// stepWeightPromotion goes through, behind a confirm-traffic-increase gate.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn canary_mirrors_first_and_moves_back_to_the_primary_step_by_step() {
+    install_controller();
+    let receiver = Receiver::start();
+    let ns = TestNamespace::create("e2e-mirror");
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &super::app_yaml(ns, "v1", "/"));
+    apply_yaml(
+        ns,
+        &format!(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service: {{name: catalog, port: 80, targetPort: 3000}}
+  analysis:
+    interval: 3s
+    threshold: 2
+    maxWeight: 40
+    stepWeight: 20
+    stepWeightPromotion: 20
+    mirror: true
+    mirrorWeight: 50
+    webhooks:
+    - {{name: more, type: confirm-traffic-increase, url: "{}/gate"}}
+"#,
+            receiver.address
+        ),
+    );
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    apply_yaml(ns, &super::app_yaml(ns, "v2", "/"));
+    wait_for(ns, "phase Progressing", Duration::from_secs(60), || {
+        (status_line(ns)?.0 == "Progressing").then_some(())
+    });
+    // Held before the mirroring step by the closed gate.
+    std::thread::sleep(Duration::from_secs(7));
+    let held = vs_state(ns);
+    assert_eq!(held, Some((None, 0)), "VirtualService behind a closed gate");
+    receiver.gate_open.store(true, Ordering::SeqCst);
+
+    // (mirror percentage, canary weight) of the first route, each distinct state in order.
+    let mut states: Vec<(Option<String>, i32)> = vec![];
+    wait_for(
+        ns,
+        "the release to succeed",
+        Duration::from_secs(120),
+        || {
+            if let Some(state) = vs_state(ns) {
+                if states.last() != Some(&state) {
+                    states.push(state);
+                }
+            }
+            (status_line(ns)?.0 == "Succeeded").then_some(())
+        },
+    );
+    let want: Vec<(Option<String>, i32)> = vec![
+        (None, 0),
+        (Some("50".into()), 0),
+        (None, 20),
+        (None, 40),
+        (None, 20),
+        (None, 0),
+    ];
+    assert_eq!(states, want, "VirtualService states");
+}
+
+fn vs_state(ns: &str) -> Option<(Option<String>, i32)> {
+    let out = jsonpath(
+        ns,
+        "virtualservice/catalog",
+        "{.spec.http[0].mirrorPercentage.value} {.spec.http[0].route[1].weight}",
+    )?;
+    let mut parts: Vec<&str> = out.split_whitespace().collect();
+    let weight = parts.pop()?.parse().ok()?;
+    Some((parts.first().map(|p| p.to_string()), weight))
+}
