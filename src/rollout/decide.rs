@@ -463,10 +463,9 @@ impl<'a> Decision<'a> {
             Gate::Fail(why) => {
                 if self.plan.status.phase != Some(Phase::Waiting) {
                     self.set_phase(Phase::Waiting);
-                    self.alert(
-                        "Synced",
+                    self.gate_notice(
+                        WebhookType::ConfirmRollout,
                         format!("Halt {} advancement waiting for approval: {why}", self.id()),
-                        AlertSeverity::Info,
                     );
                 }
                 return;
@@ -726,13 +725,12 @@ impl<'a> Decision<'a> {
             Gate::Fail(why) => {
                 if self.plan.status.phase != Some(Phase::WaitingPromotion) {
                     self.set_phase(Phase::WaitingPromotion);
-                    self.alert(
-                        "Synced",
+                    self.gate_notice(
+                        WebhookType::ConfirmPromotion,
                         format!(
                             "Halt {} advancement waiting for promotion approval: {why}",
                             self.id()
                         ),
-                        AlertSeverity::Info,
                     );
                 }
             }
@@ -1162,6 +1160,15 @@ impl<'a> Decision<'a> {
             message,
             alert: None,
         });
+    }
+
+    /// A wait on a gate: alerted unless the gate's hooks say `muteAlert`.
+    fn gate_notice(&mut self, kind: WebhookType, message: String) {
+        if self.spec.muted_gates.contains(&kind) {
+            self.info("Synced", message);
+        } else {
+            self.alert("Synced", message, AlertSeverity::Info);
+        }
     }
 
     /// An event that also goes to the Canary's alert providers.

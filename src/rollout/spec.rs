@@ -112,6 +112,8 @@ pub struct ReleaseSpec {
     pub metrics: Vec<MetricCheck>,
     /// Webhook types the Canary declares; a gate without hooks passes.
     pub hooks: BTreeSet<WebhookType>,
+    /// Gate types with `muteAlert: true`: waiting on them is not alerted.
+    pub muted_gates: BTreeSet<WebhookType>,
 }
 
 impl ReleaseSpec {
@@ -181,6 +183,12 @@ impl ReleaseSpec {
             hooks: analysis
                 .webhooks
                 .iter()
+                .map(|h| h.webhook_type.unwrap_or_default())
+                .collect(),
+            muted_gates: analysis
+                .webhooks
+                .iter()
+                .filter(|h| h.mute_alert == Some(true))
                 .map(|h| h.webhook_type.unwrap_or_default())
                 .collect(),
         })

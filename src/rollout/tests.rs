@@ -1157,3 +1157,22 @@ fn deadline_in_phases_that_cannot_roll_back_is_reported_once() {
     c.status = Some(plan.status);
     assert!(decide(&c, &o, at(70)).events.is_empty());
 }
+
+#[test]
+fn a_muted_gate_waits_without_alerting() {
+    for mute in [false, true] {
+        let mut c = canary();
+        c.spec.analysis.webhooks = vec![crate::api::CanaryWebhook {
+            mute_alert: Some(mute),
+            ..hook(WebhookType::ConfirmRollout)
+        }];
+        c.status = Some(status(Phase::Succeeded, 0, 0, t0()));
+        let mut o = observed("v3", ready("v3", 0), Some(ready("v2", 2)));
+        o.gates
+            .insert(WebhookType::ConfirmRollout, Err("closed".into()));
+        let plan = decide(&c, &o, at(10));
+        assert_eq!(plan.status.phase, Some(Phase::Waiting));
+        let alerted = plan.events.iter().any(|e| e.alert.is_some());
+        assert_eq!(alerted, !mute, "muteAlert {mute}");
+    }
+}
