@@ -114,6 +114,9 @@ The cluster is still up. To look around:
   curl -s -H 'Host: catalog' http://$router_ip:15001/items  # the app, through the router
   kubectl -n $DEMO_NS set env deploy/catalog ERROR_RATE-    # v3 without the fault: a new release
   kubectl -n $DEMO_NS get canary -w                         # ... followed step by step
+  export PATH=$ROOT/target/debug:\$PATH                     # puts kubectl-sluice on PATH:
+  kubectl sluice -n $DEMO_NS get catalog-release -w         # the release as a live tree
+  kubectl sluice -n $DEMO_NS pause catalog-release          # also: resume, promote, abort, retry
 
 Prometheus (scrapes the router and the controller): $SLUICE_PROMETHEUS_URL
   curl -sG $SLUICE_PROMETHEUS_URL/api/v1/query \
