@@ -6,6 +6,7 @@ pub mod api;
 pub mod controller;
 pub mod demo;
 pub mod hooks;
+pub mod loadtester;
 pub mod notify;
 pub mod plugin;
 pub mod proxy;
