@@ -235,6 +235,40 @@ async fn bash_commands_answer_with_their_outcome() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+#[tokio::test]
+async fn bash_command_stops_when_its_caller_gives_up() {
+    let lt = start().await;
+    let dir = std::env::temp_dir().join(format!("sluice-loadtester-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pidfile = dir.join("pid");
+    let cmd = format!("sleep 60 & echo $! > {}; wait", pidfile.display());
+    let impatient = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let result = impatient
+        .post(format!("{}/", lt.base))
+        .json(&hook("podinfo", json!({"type": "bash", "cmd": cmd})))
+        .send()
+        .await;
+    assert!(
+        result.is_err(),
+        "answered before the command ended: {result:?}"
+    );
+    wait_for("the pid file", async || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
+    })
+    .await;
+    let sleep_pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    wait_for("the abandoned command to stop", async || !alive(sleep_pid)).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 async fn wait_for(what: &str, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !done().await {
