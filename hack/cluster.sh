@@ -307,6 +307,12 @@ cmd_up() {
   wait_for kube-controller-manager 60 curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for kube-scheduler 60 curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
+  # The agent reads its image map at start: a changed map needs a restarted agent.
+  if running node-agent && [ "$ROOT/hack/cluster/images.yaml" -nt "$PIDS/node-agent.pid" ]; then
+    log "hack/cluster/images.yaml changed: restarting the node agent"
+    stop_component fake-node-agent
+    stop_component node-agent
+  fi
   if ! running node-agent || { [ -n "${SLUICE_FAKE_NODE:-}" ] && ! running fake-node-agent; }; then
     build_agent
   fi

@@ -707,3 +707,164 @@ fn vs_state(ns: &str) -> Option<(Option<String>, i32)> {
     let weight = parts.pop()?.parse().ok()?;
     Some((parts.first().map(|p| p.to_string()), weight))
 }
+
+/// The load tester in the cluster: its built-in load generator is the only traffic the
+/// analysis sees (so without it the success rate would have no data), and its gate holds
+/// the promotion until it is opened over HTTP.
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn load_tester_generates_the_analysis_traffic_and_gates_the_promotion() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-loadtester");
+    let ns = ns.0.as_str();
+    apply_yaml(
+        ns,
+        &format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: sluice-loadtester, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: sluice-loadtester}}}}
+  template:
+    metadata: {{labels: {{app: sluice-loadtester}}}}
+    spec:
+      containers:
+      - name: loadtester
+        image: ghcr.io/sluice-dev/sluice-loadtester:e2e
+        env: [{{name: LISTEN, value: "0.0.0.0:8080"}}]
+        readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
+"#
+        ),
+    );
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    let canary = |hooks: &str| {
+        format!(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: sluice
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service: {{name: catalog, port: 80, targetPort: 3000}}
+  analysis:
+    interval: 4s
+    threshold: 2
+    maxWeight: 50
+    stepWeight: 25
+    metrics:
+    - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 30s}}
+{hooks}"#
+        )
+    };
+    apply_yaml(ns, &canary(""));
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    let router = router_address(ns);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "rollout",
+            "status",
+            "deploy/sluice-loadtester",
+            "--timeout=60s",
+        ],
+    );
+    let tester = wait_for(ns, "the load tester pod", Duration::from_secs(60), || {
+        jsonpath(
+            ns,
+            "pods",
+            "{.items[?(@.metadata.labels.app==\"sluice-loadtester\")].status.podIP}",
+        )
+        .map(|ip| ip.trim().to_string())
+        .filter(|ip| !ip.is_empty())
+    });
+    let hooks = format!(
+        r#"    webhooks:
+    - name: load
+      type: rollout
+      url: http://{tester}:8080/
+      metadata:
+        type: load
+        url: http://{router}/items
+        headers: "Host: catalog"
+        rps: "20"
+        duration: 2m
+    - {{name: approval, type: confirm-promotion, url: "http://{tester}:8080/gate/check"}}
+"#
+    );
+    apply_yaml(ns, &canary(&hooks));
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
+        ],
+    );
+    wait_for(
+        ns,
+        "phase WaitingPromotion",
+        Duration::from_secs(120),
+        || {
+            let (phase, _) = status_line(ns)?;
+            if phase == "Failed" {
+                fail(ns, "rolled back before the promotion gate");
+            }
+            (phase == "WaitingPromotion").then_some(())
+        },
+    );
+    let analysis =
+        jsonpath(ns, "canary/catalog-release", "{.status.lastAnalysis}").unwrap_or_default();
+    assert!(
+        analysis.contains("request-success-rate") && analysis.contains("\"passed\":true"),
+        "{analysis}"
+    );
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            "-d",
+            &format!(r#"{{"name":"catalog-release","namespace":"{ns}"}}"#),
+            &format!("http://{tester}:8080/gate/open"),
+        ])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "opening the gate failed");
+    wait_for(
+        ns,
+        "the release to succeed",
+        Duration::from_secs(120),
+        || (status_line(ns)?.0 == "Succeeded").then_some(()),
+    );
+    let metrics = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "5",
+            &format!("http://{tester}:8080/metrics"),
+        ])
+        .output()
+        .expect("curl runs");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let sent: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_loadtester_requests_total{") && l.contains(ns))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(
+        sent >= 100.0,
+        "the load generator sent {sent} requests:\n{metrics}"
+    );
+}
