@@ -108,7 +108,8 @@ fn service_account(ns: &str) -> ServiceAccount {
     }
 }
 
-/// What sluice-proxy watches in its own namespace, read-only.
+/// What sluice-proxy watches in its own namespace (read-only), plus the Warning events it
+/// writes about objects it cannot enforce.
 fn role(ns: &str) -> Role {
     let read = |group: &str, resources: &[&str]| PolicyRule {
         api_groups: Some(vec![group.into()]),
@@ -125,6 +126,12 @@ fn role(ns: &str) -> Role {
             ),
             read("discovery.k8s.io", &["endpointslices"]),
             read("", &["pods"]),
+            PolicyRule {
+                api_groups: Some(vec!["events.k8s.io".into()]),
+                resources: Some(vec!["events".into()]),
+                verbs: vec!["create".into()],
+                ..Default::default()
+            },
         ]),
     }
 }
@@ -293,7 +300,13 @@ spec:
         }
         let role = role("shop");
         for rule in role.rules.unwrap() {
-            assert_eq!(rule.verbs, ["get", "list", "watch"]);
+            let writes_events = rule.resources == Some(vec!["events".to_string()]);
+            let want: &[&str] = if writes_events {
+                &["create"]
+            } else {
+                &["get", "list", "watch"]
+            };
+            assert_eq!(rule.verbs, want);
         }
         let d = deployment("shop", "img");
         let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
