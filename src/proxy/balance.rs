@@ -144,11 +144,18 @@ pub struct Endpoint {
     pub ejections_total: AtomicU64,
     /// (EWMA latency in ns, last update).
     ewma: Mutex<(f64, Option<Instant>)>,
+    /// `ip:port` as a URI authority, built once instead of per request.
+    pub uri_authority: Option<http::uri::Authority>,
+    /// Request metric handles for requests served by this endpoint. Valid for the
+    /// endpoint's lifetime: a reload keeps an endpoint only when its info is unchanged.
+    pub metric_handles: crate::proxy::metrics::HandleCache,
 }
 
 impl Endpoint {
     pub fn new(info: EndpointInfo) -> Self {
         Endpoint {
+            uri_authority: http::uri::Authority::try_from(info.address.to_string()).ok(),
+            metric_handles: Default::default(),
             info,
             in_flight: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
@@ -304,6 +311,15 @@ impl Cluster {
         draws: (u64, u64),
         options: PickOptions,
     ) -> Option<Arc<Endpoint>> {
+        // The common request (first try, no locality tiers, nothing ejected) chooses from
+        // the endpoint list itself instead of building candidate lists.
+        if tried.is_empty()
+            && (!self.locality_aware || own_zone.is_empty())
+            && !self.endpoints.iter().any(|e| e.is_ejected(now))
+        {
+            let all = &self.endpoints;
+            return self.choose(all.len(), |i| &all[i], draws, options.affinity);
+        }
         let tiers = self.candidate_tiers(now, own_zone);
         let untried =
             |tier: &Vec<&Arc<Endpoint>>| tier.iter().any(|e| !tried.contains(&e.info.address));
@@ -323,28 +339,39 @@ impl Cluster {
         } else {
             fresh
         };
-        if set.is_empty() {
+        self.choose(set.len(), |i| set[i], draws, options.affinity)
+    }
+
+    /// The balancer's choice among `n` candidates (`at(i)` is the i-th).
+    fn choose<'a>(
+        &self,
+        n: usize,
+        at: impl Fn(usize) -> &'a Arc<Endpoint>,
+        draws: (u64, u64),
+        affinity: Option<u64>,
+    ) -> Option<Arc<Endpoint>> {
+        if n == 0 {
             return None;
         }
-        if let Some(key) = options.affinity {
-            return set
-                .iter()
+        if let Some(key) = affinity {
+            return (0..n)
+                .map(&at)
                 .max_by_key(|e| rendezvous_score(key, e.info.address))
-                .map(|e| (*e).clone());
+                .cloned();
         }
-        let n = set.len() as u64;
+        let len = n as u64;
         let chosen = match self.algorithm {
             Algorithm::RoundRobin => {
                 let i = self.round_robin.fetch_add(1, Ordering::Relaxed);
-                set[i % set.len()]
+                at(i % n)
             }
-            Algorithm::Random => set[(draws.0 % n) as usize],
+            Algorithm::Random => at((draws.0 % len) as usize),
             Algorithm::LeastRequest | Algorithm::PeakEwma => {
-                let a = set[(draws.0 % n) as usize];
+                let a = at((draws.0 % len) as usize);
                 // The second choice is a different endpoint when there are several.
-                let b = if n > 1 {
-                    let offset = 1 + draws.1 % (n - 1);
-                    set[((draws.0 + offset) % n) as usize]
+                let b = if len > 1 {
+                    let offset = 1 + draws.1 % (len - 1);
+                    at(((draws.0 + offset) % len) as usize)
                 } else {
                     a
                 };
