@@ -49,6 +49,7 @@ fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config/endpoints" => as_json(&endpoints_view(&snapshot)),
         "/config/status" => as_json(&json!({
             "lastError": proxy.last_error(),
+            "rejectedObjects": proxy.rejected_objects(),
             "warnings": snapshot.warnings,
             "defaultRetries": snapshot.default_retry.is_some(),
         })),

@@ -393,6 +393,29 @@ pub fn build(
     })
 }
 
+/// What `build` would reject this VirtualService for, judged on its own (cross-object
+/// checks do not exist for VirtualServices). Kubernetes mode uses it to skip only the
+/// invalid object instead of the whole update.
+pub fn check_virtual_service(
+    vs: &Object<VirtualServiceSpec>,
+    default_ns: &str,
+) -> Result<(), Error> {
+    let object = object_name("VirtualService", &vs.metadata, default_ns);
+    require_name(&object, &vs.metadata)?;
+    let ns = vs.metadata.namespace.as_deref().unwrap_or(default_ns);
+    build_virtual_host(&object, ns, &vs.spec, &mut BTreeSet::new()).map(|_| ())
+}
+
+/// Like `check_virtual_service`, for a DestinationRule.
+pub fn check_destination_rule(
+    rule: &Object<DestinationRuleSpec>,
+    default_ns: &str,
+) -> Result<(), Error> {
+    let object = object_name("DestinationRule", &rule.metadata, default_ns);
+    require_name(&object, &rule.metadata)?;
+    validate_destination_rule(&object, &rule.spec)
+}
+
 fn require_name(object: &str, meta: &ObjectMeta) -> Result<(), Error> {
     if meta.name.trim().is_empty() {
         return Err(invalid(object, "metadata.name", "must not be empty"));
