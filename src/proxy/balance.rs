@@ -42,6 +42,7 @@ impl HashPolicy {
         let mut hasher = DefaultHasher::new();
         match self {
             HashPolicy::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut hasher),
+            // Same hashing as `hash_key`, so an issued cookie maps where it was aimed.
             HashPolicy::Cookie(name) => headers
                 .get_all(http::header::COOKIE)
                 .iter()
@@ -62,6 +63,43 @@ impl HashPolicy {
             HashPolicy::SourceIp => peer.hash(&mut hasher),
         }
         Some(hasher.finish())
+    }
+}
+
+/// The affinity key of a header, cookie or query value (what `HashPolicy::key` hashes).
+pub fn hash_key(value: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `consistentHash.httpCookie` with a `ttl`: a request without the cookie gets one
+/// (Envoy's behaviour), so the client sticks to the endpoint its value hashes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedCookie {
+    pub name: String,
+    pub path: Option<String>,
+    /// 0 = a session cookie (no Max-Age), as in Envoy.
+    pub ttl: Duration,
+}
+
+impl IssuedCookie {
+    /// A fresh cookie value from a random draw.
+    pub fn value(draw: u64) -> String {
+        format!("{draw:016x}")
+    }
+
+    /// The `Set-Cookie` header for `value`.
+    pub fn header(&self, value: &str) -> String {
+        let mut out = format!("{}={value}", self.name);
+        if !self.ttl.is_zero() {
+            out.push_str(&format!("; Max-Age={}", self.ttl.as_secs()));
+        }
+        if let Some(path) = &self.path {
+            out.push_str(&format!("; Path={path}"));
+        }
+        out.push_str("; HttpOnly");
+        out
     }
 }
 
@@ -229,6 +267,8 @@ pub struct Cluster {
     pub destination_rule: Option<String>,
     /// Session affinity; requests without the key use `algorithm`.
     pub hash_policy: Option<HashPolicy>,
+    /// With `httpCookie.ttl`: the cookie given to requests that lack it.
+    pub issued_cookie: Option<IssuedCookie>,
     round_robin: AtomicUsize,
 }
 
@@ -250,12 +290,18 @@ impl Cluster {
             outlier,
             destination_rule,
             hash_policy: None,
+            issued_cookie: None,
             round_robin: AtomicUsize::new(0),
         }
     }
 
     pub fn with_hash_policy(mut self, policy: Option<HashPolicy>) -> Self {
         self.hash_policy = policy;
+        self
+    }
+
+    pub fn with_issued_cookie(mut self, cookie: Option<IssuedCookie>) -> Self {
+        self.issued_cookie = cookie;
         self
     }
 
@@ -606,6 +652,37 @@ mod tests {
                 assert_eq!(after, before, "key {key} moved");
             }
         }
+    }
+
+    #[test]
+    fn issued_cookies_carry_ttl_and_path_and_hash_like_the_request_cookie() {
+        let cookie = |path: Option<&str>, ttl: u64| IssuedCookie {
+            name: "sticky".into(),
+            path: path.map(String::from),
+            ttl: Duration::from_secs(ttl),
+        };
+        let cases = [
+            (
+                cookie(Some("/"), 90),
+                "sticky=v; Max-Age=90; Path=/; HttpOnly",
+            ),
+            (cookie(None, 3600), "sticky=v; Max-Age=3600; HttpOnly"),
+            // ttl 0: a session cookie, as in Envoy.
+            (cookie(Some("/api"), 0), "sticky=v; Path=/api; HttpOnly"),
+        ];
+        for (c, want) in cases {
+            assert_eq!(c.header("v"), want);
+        }
+        let value = IssuedCookie::value(0xabc);
+        assert_eq!(value, "0000000000000abc");
+        let mut h = http::HeaderMap::new();
+        let sent = format!("a=1; sticky={value}");
+        h.insert("cookie", http::HeaderValue::from_str(&sent).unwrap());
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(
+            HashPolicy::Cookie("sticky".into()).key(&h, None, ip),
+            Some(hash_key(&value))
+        );
     }
 
     #[test]

@@ -27,7 +27,9 @@ use serde::Deserialize;
 use crate::api::istio::{
     self, DestinationRuleSpec, HeaderOperations, HttpRoute, TrafficPolicy, VirtualServiceSpec,
 };
-use crate::proxy::balance::{self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy};
+use crate::proxy::balance::{
+    self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy, IssuedCookie,
+};
 use crate::proxy::resilience::{
     self, Backoff, ConnectionPool, OutlierPolicy, PoolLimits, RetryConditions, RetryPolicy,
 };
@@ -362,6 +364,7 @@ pub fn build(
             limits,
             outlier,
             hash,
+            cookie,
         } = effective_policy(&object, policy.as_ref())?;
         let pool = previous
             .and_then(|p| p.clusters.get(&key))
@@ -376,7 +379,8 @@ pub fn build(
             outlier,
             rule.map(|(n, _)| n.clone()),
         )
-        .with_hash_policy(hash);
+        .with_hash_policy(hash)
+        .with_issued_cookie(cookie);
         clusters.insert(key, Arc::new(cluster));
     }
 
@@ -463,15 +467,6 @@ fn unsupported_in_destination_rule(object: &str, spec: &DestinationRuleSpec) -> 
         }));
     for (path, policy) in policies {
         if let Some(lb) = &policy.load_balancer {
-            // Cookies are hashed when present; Envoy would also issue one with a ttl.
-            if lb
-                .consistent_hash
-                .as_ref()
-                .and_then(|c| c.http_cookie.as_ref())
-                .is_some_and(|c| c.ttl.is_some())
-            {
-                found.push(format!("{path}.loadBalancer.consistentHash.httpCookie.ttl"));
-            }
             if lb
                 .locality_lb_setting
                 .as_ref()
@@ -564,6 +559,7 @@ struct EffectivePolicy {
     limits: PoolLimits,
     outlier: Option<OutlierPolicy>,
     hash: Option<HashPolicy>,
+    cookie: Option<IssuedCookie>,
 }
 
 fn effective_policy(
@@ -576,6 +572,7 @@ fn effective_policy(
             limits: PoolLimits::default(),
             outlier: None,
             hash: None,
+            cookie: None,
         });
     };
     let field = "trafficPolicy.loadBalancer.simple";
@@ -652,6 +649,7 @@ fn effective_policy(
             })
         }
     };
+    let mut cookie = None;
     let hash = match policy
         .load_balancer
         .as_ref()
@@ -680,6 +678,13 @@ fn effective_policy(
                     ));
                 }
                 set.push(HashPolicy::Cookie(c.name.clone()));
+                if let Some(ttl) = &c.ttl {
+                    cookie = Some(IssuedCookie {
+                        name: c.name.clone(),
+                        path: c.path.clone().filter(|p| !p.is_empty()),
+                        ttl: duration_field(object, &format!("{f}.httpCookie.ttl"), ttl)?,
+                    });
+                }
             }
             if let Some(q) = ch
                 .http_query_parameter_name
@@ -706,6 +711,7 @@ fn effective_policy(
         limits,
         outlier,
         hash,
+        cookie,
     })
 }
 
@@ -1139,7 +1145,7 @@ endpoints:
         let yaml = GOOD
             .replace(
                 "    subsets:",
-                "    trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}}\n    subsets:",
+                "    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n    subsets:",
             )
             .replace(
                 "    - route:\n",
@@ -1149,7 +1155,7 @@ endpoints:
         assert_eq!(
             snap.warnings,
             [
-                "DestinationRule istioinaction/catalog: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl is not enforced by sluice-proxy",
+                "DestinationRule istioinaction/catalog: spec.trafficPolicy.tls is not enforced by sluice-proxy",
                 "VirtualService istioinaction/catalog: spec.http[1].corsPolicy is not enforced by sluice-proxy",
             ]
         );

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::RngExt;
 use tokio::net::TcpListener;
 
-use crate::proxy::balance::{Cluster, Endpoint, InFlight, PickOptions};
+use crate::proxy::balance::{self, Cluster, Endpoint, InFlight, IssuedCookie, PickOptions};
 use crate::proxy::config::Snapshot;
 use crate::proxy::metrics::{
     EjectionLabels, HandleKey, OverflowLabels, ProxyMetrics, RequestHandles, RequestLabels, UNKNOWN,
@@ -396,10 +396,19 @@ impl Proxy {
             }
             None => record.path.clone(),
         };
-        let affinity = cluster
+        let mut set_cookie = None;
+        let affinity = match cluster
             .hash_policy
             .as_ref()
-            .and_then(|p| p.key(&parts.headers, parts.uri.query(), peer.ip()));
+            .and_then(|p| p.key(&parts.headers, parts.uri.query(), peer.ip()))
+        {
+            Some(key) => Some(key),
+            None => cluster.issued_cookie.as_ref().map(|cookie| {
+                let value = IssuedCookie::value(rand::rng().random::<u64>());
+                set_cookie = HeaderValue::from_str(&cookie.header(&value)).ok();
+                balance::hash_key(&value)
+            }),
+        };
         // The request's own header map goes upstream: nothing else reads it from here on.
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
@@ -469,6 +478,11 @@ impl Proxy {
         }
         if let Some(d) = destination {
             d.response_headers.apply(response.headers_mut());
+        }
+        if let Some(cookie) = set_cookie {
+            response
+                .headers_mut()
+                .append(http::header::SET_COOKIE, cookie);
         }
         response
     }
