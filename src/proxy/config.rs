@@ -28,7 +28,8 @@ use crate::api::istio::{
     self, DestinationRuleSpec, HeaderOperations, HttpRoute, TrafficPolicy, VirtualServiceSpec,
 };
 use crate::proxy::balance::{
-    self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy, IssuedCookie,
+    self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy, IssuedCookie, LocalityDistribute,
+    LocalityRules,
 };
 use crate::proxy::resilience::{
     self, Backoff, ConnectionPool, OutlierPolicy, PoolLimits, RetryConditions, RetryPolicy,
@@ -365,6 +366,8 @@ pub fn build(
             outlier,
             hash,
             cookie,
+            locality,
+            locality_enabled,
         } = effective_policy(&object, policy.as_ref())?;
         let pool = previous
             .and_then(|p| p.clusters.get(&key))
@@ -380,7 +383,8 @@ pub fn build(
             rule.map(|(n, _)| n.clone()),
         )
         .with_hash_policy(hash)
-        .with_issued_cookie(cookie);
+        .with_issued_cookie(cookie)
+        .with_locality(locality, locality_enabled);
         clusters.insert(key, Arc::new(cluster));
     }
 
@@ -466,15 +470,6 @@ fn unsupported_in_destination_rule(object: &str, spec: &DestinationRuleSpec) -> 
                 .map(|p| (format!("subsets[{i}].trafficPolicy"), p))
         }));
     for (path, policy) in policies {
-        if let Some(lb) = &policy.load_balancer {
-            if lb
-                .locality_lb_setting
-                .as_ref()
-                .is_some_and(|l| !l.distribute.is_empty() || !l.failover.is_empty())
-            {
-                found.push(format!("{path}.loadBalancer.localityLbSetting"));
-            }
-        }
         if policy.tls.is_some() {
             found.push(format!("{path}.tls"));
         }
@@ -560,6 +555,8 @@ struct EffectivePolicy {
     outlier: Option<OutlierPolicy>,
     hash: Option<HashPolicy>,
     cookie: Option<IssuedCookie>,
+    locality: LocalityRules,
+    locality_enabled: Option<bool>,
 }
 
 fn effective_policy(
@@ -573,6 +570,8 @@ fn effective_policy(
             outlier: None,
             hash: None,
             cookie: None,
+            locality: LocalityRules::default(),
+            locality_enabled: None,
         });
     };
     let field = "trafficPolicy.loadBalancer.simple";
@@ -706,13 +705,62 @@ fn effective_policy(
             set.pop()
         }
     };
+    let setting = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref());
+    let locality = match setting {
+        None => LocalityRules::default(),
+        Some(l) => locality_rules(object, l)?,
+    };
     Ok(EffectivePolicy {
         algorithm,
         limits,
         outlier,
         hash,
         cookie,
+        locality,
+        locality_enabled: setting.and_then(|l| l.enabled),
     })
+}
+
+/// Istio's validation of `localityLbSetting`: one of distribute / failover, weights of
+/// each `to` summing to 100, failover between two different regions.
+fn locality_rules(object: &str, l: &istio::LocalityLbSetting) -> Result<LocalityRules, Error> {
+    let f = "trafficPolicy.loadBalancer.localityLbSetting";
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        return Err(invalid(
+            object,
+            f,
+            "set either distribute or failover, not both",
+        ));
+    }
+    let mut rules = LocalityRules::default();
+    for (i, d) in l.distribute.iter().enumerate() {
+        let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+        if total != 100 {
+            return Err(invalid(
+                object,
+                &format!("{f}.distribute[{i}].to"),
+                &format!("weights sum to {total}, not 100"),
+            ));
+        }
+        rules.distribute.push(LocalityDistribute {
+            from: d.from.clone(),
+            to: d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        });
+    }
+    for (i, fo) in l.failover.iter().enumerate() {
+        if fo.from.is_empty() || fo.to.is_empty() || fo.from == fo.to {
+            return Err(invalid(
+                object,
+                &format!("{f}.failover[{i}]"),
+                "from and to must be two different regions",
+            ));
+        }
+        rules.failover.push((fo.from.clone(), fo.to.clone()));
+    }
+    Ok(rules)
 }
 
 fn header_ops(
@@ -1159,6 +1207,47 @@ endpoints:
                 "VirtualService istioinaction/catalog: spec.http[1].corsPolicy is not enforced by sluice-proxy",
             ]
         );
+    }
+
+    #[test]
+    fn locality_settings_are_validated() {
+        let with = |setting: &str| {
+            GOOD.replace(
+                "    subsets:",
+                &format!("    trafficPolicy: {{outlierDetection: {{}}, loadBalancer: {{localityLbSetting: {setting}}}}}\n    subsets:"),
+            )
+        };
+        let ok = build(
+            &parse(&with("{distribute: [{from: \"us-west1/*\", to: {\"us-west1/a/*\": 60, \"us-west1/b/*\": 40}}]}")),
+            &ProxySettings::default(),
+            None,
+        )
+        .unwrap();
+        assert!(
+            ok.warnings.iter().all(|w| !w.contains("localityLbSetting")),
+            "{:?}",
+            ok.warnings
+        );
+        let cases = [
+            (
+                "{distribute: [{from: \"*\", to: {\"a/*\": 60}}]}",
+                "trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 60, not 100",
+            ),
+            (
+                "{failover: [{from: us-west1, to: us-west1}]}",
+                "trafficPolicy.loadBalancer.localityLbSetting.failover[0]: from and to must be two different regions",
+            ),
+            (
+                "{distribute: [{from: \"*\", to: {\"a/*\": 100}}], failover: [{from: a, to: b}]}",
+                "trafficPolicy.loadBalancer.localityLbSetting: set either distribute or failover, not both",
+            ),
+        ];
+        for (setting, want) in cases {
+            let err = build(&parse(&with(setting)), &ProxySettings::default(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{setting}: {err}");
+        }
     }
 
     #[test]
