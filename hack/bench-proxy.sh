@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks sluice-proxy against HAProxy and nginx on this machine (loopback only).
 #   hack/bench-proxy.sh            # ~6 min; results in $OUT (default /tmp/sluice-bench-<time>)
-# Env: ROUNDS (3), DUR_MAX (6s wrk runs), DUR_LAT (6s fortio runs), RELOADS (5).
+# Env: ROUNDS (3), DUR_MAX (6s wrk runs), DUR_LAT (6s fortio runs), RELOADS (5),
+#   BASELINE_PROXY (a second sluice-proxy binary, e.g. a build of the previous commit:
+#   measured as target sluice-base in the same rounds, right before sluice-proxy),
+#   SKIP_EXTRA=1 (only the rounds: no access-log, 100-VirtualService or reload runs).
 # Layout: every proxy pinned to core 0 (taskset), load generator and the two
 # sluice-demo backends (release) on core 1. 90/10 split between the backends in all
 # three proxies, keep-alive on both sides. Rounds alternate the targets:
@@ -13,6 +16,7 @@ OUT=${OUT:-/tmp/sluice-bench-$(date +%Y%m%d-%H%M%S)}; mkdir -p "$OUT"
 BENCH_TARGET=${BENCH_TARGET:-/work/bench-target}
 STATS="python3 $ROOT/hack/bench/stats.py"
 P_V1=18081 P_V2=18082 P_ADMIN=18100 P_SLUICE=18101 P_HAPROXY=18102 P_NGINX=18103 P_ADMIN100=18110 P_SLUICE100=18111
+P_BASE=18104 P_ADMIN_BASE=18105
 [ "$(nproc)" -ge 2 ] || die "needs 2 cores (proxy on core 0, load + backends on core 1)"
 PROXY_CPU=0 LOAD_CPU=1
 
@@ -28,7 +32,7 @@ log "building sluice-proxy and sluice-demo (release) in $BENCH_TARGET"
 (cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build -q --release -p sluice --bin sluice-proxy --bin sluice-demo)
 PROXY=$BENCH_TARGET/release/sluice-proxy DEMO=$BENCH_TARGET/release/sluice-demo
 # Debian starts its own haproxy/nginx services on install; ours run on our own ports.
-for p in $P_V1 $P_V2 $P_ADMIN $P_SLUICE $P_HAPROXY $P_NGINX $P_ADMIN100 $P_SLUICE100; do port_free $p bench; done
+for p in $P_V1 $P_V2 $P_ADMIN $P_SLUICE $P_HAPROXY $P_NGINX $P_ADMIN100 $P_SLUICE100 $P_BASE $P_ADMIN_BASE; do port_free $p bench; done
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -134,20 +138,29 @@ NGINX_PID=$!; PIDS+=($NGINX_PID)
 for p in $P_SLUICE $P_HAPROXY $P_NGINX; do wait_http $p; done
 nginx_pids() { echo $NGINX_PID $(pgrep -P $NGINX_PID); }
 
-declare -A PORT=([direct]=$P_V1 [sluice-proxy]=$P_SLUICE [haproxy]=$P_HAPROXY [nginx]=$P_NGINX)
+declare -A PORT=([direct]=$P_V1 [sluice-proxy]=$P_SLUICE [haproxy]=$P_HAPROXY [nginx]=$P_NGINX [sluice-base]=$P_BASE)
 TARGETS=(direct sluice-proxy haproxy nginx)
+PROXIES=(sluice-proxy haproxy nginx)
+if [ -n "${BASELINE_PROXY:-}" ]; then
+  taskset -c $PROXY_CPU "$BASELINE_PROXY" --config "$OUT/sluice.yaml" --namespace bench --listen 127.0.0.1:$P_BASE \
+    --admin 127.0.0.1:$P_ADMIN_BASE --access-log false >"$OUT/sluice-base.log" 2>&1 &
+  BASE_PID=$!; PIDS+=($BASE_PID); wait_http $P_BASE
+  TARGETS=(direct sluice-base sluice-proxy haproxy nginx)
+  PROXIES=(sluice-base sluice-proxy haproxy nginx)
+fi
 R=$OUT/results.tsv; : >"$R"
 rec() { printf '%s\t%s\t%s\t%s\n' "$@" >>"$R"; }
 {
   echo "date: $(date -u +%FT%TZ)"; echo "host: $(uname -srm), $(nproc) cores, $(awk '/MemTotal/{print $2/1048576 " GiB"}' /proc/meminfo)"
   echo "cpu: $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
   echo "haproxy: $(haproxy -v | head -1)"; echo "nginx: $(nginx -v 2>&1)"; echo "wrk: $(wrk -v 2>&1 | head -1)"
-  echo "fortio: $($FORTIO version 2>&1 | head -1)"; echo "sluice: $(git -C "$ROOT" rev-parse --short HEAD)"
+  echo "fortio: $($FORTIO version 2>&1 | head -1)"; echo "sluice: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src || echo ' + uncommitted changes')"
+  [ -z "${BASELINE_PROXY:-}" ] || echo "sluice-base: $BASELINE_PROXY"
   echo "load before: $(uptime)"
 } | tee "$OUT/env.txt" >&2
 
 # --- the split each proxy actually does (share of v2 over 1000 requests) ---
-for t in sluice-proxy haproxy nginx; do rec 0 "$t" split_v2_share "$($STATS split ${PORT[$t]} bench 1000)"; done
+for t in "${PROXIES[@]}"; do rec 0 "$t" split_v2_share "$($STATS split ${PORT[$t]} bench 1000)"; done
 
 # --- idle RSS before load ---
 rec 0 sluice-proxy rss_idle_mb "$(echo "scale=1; $(rss_kb $SLUICE_PID)/1024" | bc)"
@@ -161,7 +174,8 @@ for r in $(seq 1 "$ROUNDS"); do
     taskset -c $LOAD_CPU wrk -t1 -c50 -d"$DUR_MAX" -H 'Host: bench' "http://127.0.0.1:${PORT[$t]}/" >"$OUT/wrk-$r-$t.txt"
     read -r rps non2xx _ <<<"$($STATS wrk "$OUT/wrk-$r-$t.txt")"
     rec "$r" "$t" rps "$rps"; [ "$non2xx" = 0 ] || rec "$r" "$t" non2xx "$non2xx"
-    case $t in sluice-proxy) rec "$r" "$t" rss_after_load_mb "$(echo "scale=1; $(rss_kb $SLUICE_PID)/1024" | bc)";;
+    case $t in sluice-base) rec "$r" "$t" rss_after_load_mb "$(echo "scale=1; $(rss_kb $BASE_PID)/1024" | bc)";;
+      sluice-proxy) rec "$r" "$t" rss_after_load_mb "$(echo "scale=1; $(rss_kb $SLUICE_PID)/1024" | bc)";;
       haproxy) rec "$r" "$t" rss_after_load_mb "$(echo "scale=1; $(rss_kb $HAPROXY_PID)/1024" | bc)";;
       nginx) rec "$r" "$t" rss_after_load_mb "$(echo "scale=1; $(rss_kb $(nginx_pids))/1024" | bc)";; esac
   done
@@ -176,13 +190,14 @@ for r in $(seq 1 "$ROUNDS"); do
       rec "$r" "$t" "p50_ms@$qps" "$p50"; rec "$r" "$t" "p99_ms@$qps" "$p99"; rec "$r" "$t" "actual_rps@$qps" "$aqps"
       [ "$errs" = 0 ] || rec "$r" "$t" "errors@$qps" "$errs"
     done
-    for t in sluice-proxy haproxy nginx; do
+    for t in "${PROXIES[@]}"; do
       rec "$r" "$t" "added_p50_ms@$qps" "$(echo "${P50[$t]} - ${P50[direct]}" | bc -l)"
       rec "$r" "$t" "added_p99_ms@$qps" "$(echo "${P99[$t]} - ${P99[direct]}" | bc -l)"
     done
   done
 done
 
+if [ "${SKIP_EXTRA:-0}" != 1 ]; then
 # --- sluice-proxy with the access log on (its default), to /dev/null ---
 kill $SLUICE_PID; wait $SLUICE_PID 2>/dev/null || true
 taskset -c $PROXY_CPU "$PROXY" --config "$OUT/sluice.yaml" --namespace bench --listen 127.0.0.1:$P_SLUICE \
@@ -218,6 +233,36 @@ for i in $(seq 1 "$RELOADS"); do
 done
 kill $SR; wait $SR 2>/dev/null || true
 
+fi
+
 echo "load after: $(uptime)" | tee -a "$OUT/env.txt" >&2
 $STATS summary "$R" | tee "$OUT/summary.md"
+if [ -n "${BASELINE_PROXY:-}" ]; then
+  # stats.py's table has fixed columns; the baseline comparison is printed here.
+  python3 - "$R" <<'PY' | tee -a "$OUT/summary.md"
+import statistics, sys
+data = {}
+for line in open(sys.argv[1]):
+    r, t, m, v = line.rstrip("\n").split("\t")
+    try:
+        data.setdefault(m, {}).setdefault(t, {})[r] = float(v)
+    except ValueError:
+        pass
+def cell(d):
+    v = list(d.values())
+    return f"{statistics.median(v):.3f} [{min(v):.3f}-{max(v):.3f}] n={len(v)}" if v else "-"
+print("\n| metric | sluice-base | sluice-proxy | sluice-proxy / sluice-base per round |")
+print("|---|---|---|---|")
+for m in sorted(data):
+    b, n = data[m].get("sluice-base", {}), data[m].get("sluice-proxy", {})
+    if not b:
+        continue
+    ratios = ", ".join(f"{n[r] / b[r]:.2f}" for r in sorted(b) if r in n and b[r])
+    print(f"| {m} | {cell(b)} | {cell(n)} | {ratios} |")
+print("\nsluice-proxy / haproxy rps per round: " + ", ".join(
+    f"{data['rps']['sluice-proxy'][r] / h:.2f}" for r, h in sorted(data["rps"]["haproxy"].items())))
+print("sluice-base / haproxy rps per round: " + ", ".join(
+    f"{data['rps']['sluice-base'][r] / h:.2f}" for r, h in sorted(data["rps"]["haproxy"].items())))
+PY
+fi
 log "raw results in $OUT"

@@ -646,3 +646,66 @@ endpoints:
     }
     assert!(pods_used.len() >= 2, "12 users all landed on {pods_used:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_cookie_with_ttl_is_issued_and_sticks() {
+    let pods = [
+        demo("catalog", "v1", |c| c.pod = "catalog-a".into()).await,
+        demo("catalog", "v1", |c| c.pod = "catalog-b".into()).await,
+        demo("catalog", "v1", |c| c.pod = "catalog-c".into()).await,
+    ];
+    let yaml = format!(
+        r#"
+namespace: istioinaction
+destinationRules:
+- metadata: {{name: catalog}}
+  spec:
+    host: catalog
+    trafficPolicy:
+      loadBalancer: {{consistentHash: {{httpCookie: {{name: sticky, path: /, ttl: 90s}}}}}}
+endpoints:
+- {{service: catalog, address: "{}"}}
+- {{service: catalog, address: "{}"}}
+- {{service: catalog, address: "{}"}}
+"#,
+        pods[0].addr, pods[1].addr, pods[2].addr
+    );
+    let proxy = start_proxy(&yaml, settings("istioinaction", false)).await;
+    let client = HttpClient::default();
+    let mut pods_used = std::collections::BTreeSet::new();
+    for session in 0..12 {
+        let first = client.get(proxy.addr, "catalog", "/", &[]).await;
+        assert_eq!(first.status, 200);
+        let set_cookie = first
+            .headers
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("session {session}: no Set-Cookie: {:?}", first.headers))
+            .to_string();
+        let parts: Vec<&str> = set_cookie.split("; ").collect();
+        let value = parts[0]
+            .strip_prefix("sticky=")
+            .unwrap_or_else(|| panic!("{set_cookie}"));
+        assert!(!value.is_empty(), "{set_cookie}");
+        assert_eq!(
+            parts[1..],
+            ["Max-Age=90", "Path=/", "HttpOnly"],
+            "{set_cookie}"
+        );
+        let pod = first.json()["pod"].clone();
+        let cookie = format!("other=1; sticky={value}");
+        for _ in 0..5 {
+            let again = client
+                .get(proxy.addr, "catalog", "/", &[("cookie", &cookie)])
+                .await;
+            assert_eq!(again.json()["pod"], pod, "session {session} moved");
+            // The client has the cookie: nothing new is issued.
+            assert!(again.headers.get("set-cookie").is_none());
+        }
+        pods_used.insert(pod.to_string());
+    }
+    assert!(
+        pods_used.len() >= 2,
+        "12 sessions all landed on {pods_used:?}"
+    );
+}

@@ -49,6 +49,7 @@ fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config/endpoints" => as_json(&endpoints_view(&snapshot)),
         "/config/status" => as_json(&json!({
             "lastError": proxy.last_error(),
+            "rejectedObjects": proxy.rejected_objects(),
             "warnings": snapshot.warnings,
             "defaultRetries": snapshot.default_retry.is_some(),
         })),
@@ -154,6 +155,12 @@ pub fn clusters_view(snapshot: &Snapshot) -> Value {
                 "destinationRule": c.destination_rule,
                 "loadBalancer": c.algorithm.name(),
                 "localityAware": c.locality_aware,
+                "localityDistribute": c.locality_rules.distribute.iter()
+                    .map(|d| json!({"from": d.from, "to": d.to}))
+                    .collect::<Vec<_>>(),
+                "localityFailover": c.locality_rules.failover.iter()
+                    .map(|(from, to)| json!({"from": from, "to": to}))
+                    .collect::<Vec<_>>(),
                 "consistentHash": c.hash_policy.as_ref().map(|h| h.describe()),
                 "connectionPool": {
                     "maxConnections": limits.max_connections,

@@ -42,6 +42,7 @@ impl HashPolicy {
         let mut hasher = DefaultHasher::new();
         match self {
             HashPolicy::Header(name) => headers.get(name.as_str())?.as_bytes().hash(&mut hasher),
+            // Same hashing as `hash_key`, so an issued cookie maps where it was aimed.
             HashPolicy::Cookie(name) => headers
                 .get_all(http::header::COOKIE)
                 .iter()
@@ -63,6 +64,147 @@ impl HashPolicy {
         }
         Some(hasher.finish())
     }
+}
+
+/// The affinity key of a header, cookie or query value (what `HashPolicy::key` hashes).
+pub fn hash_key(value: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// `consistentHash.httpCookie` with a `ttl`: a request without the cookie gets one
+/// (Envoy's behaviour), so the client sticks to the endpoint its value hashes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuedCookie {
+    pub name: String,
+    pub path: Option<String>,
+    /// 0 = a session cookie (no Max-Age), as in Envoy.
+    pub ttl: Duration,
+}
+
+impl IssuedCookie {
+    /// A fresh cookie value from a random draw.
+    pub fn value(draw: u64) -> String {
+        format!("{draw:016x}")
+    }
+
+    /// The `Set-Cookie` header for `value`.
+    pub fn header(&self, value: &str) -> String {
+        let mut out = format!("{}={value}", self.name);
+        if !self.ttl.is_zero() {
+            out.push_str(&format!("; Max-Age={}", self.ttl.as_secs()));
+        }
+        if let Some(path) = &self.path {
+            out.push_str(&format!("; Path={path}"));
+        }
+        out.push_str("; HttpOnly");
+        out
+    }
+}
+
+/// `localityLbSetting` rules (Istio allows one of the two kinds per policy).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalityRules {
+    pub distribute: Vec<LocalityDistribute>,
+    /// (from region, to region): where traffic goes once the local region is unusable.
+    pub failover: Vec<(String, String)>,
+}
+
+/// Clients in `from` send `to`'s weights (percent) to the matching localities.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalityDistribute {
+    pub from: String,
+    pub to: Vec<(String, u32)>,
+}
+
+/// Istio's locality pattern `region/zone/subzone`: `*` matches everything from its
+/// segment on, and missing trailing segments match anything.
+pub fn locality_matches(pattern: &str, locality: &str) -> bool {
+    let mut segments = locality.split('/');
+    for wanted in pattern.split('/') {
+        if wanted == "*" {
+            return true;
+        }
+        if segments.next().unwrap_or("") != wanted {
+            return false;
+        }
+    }
+    true
+}
+
+/// Endpoints split into tiers, best first, for a proxy in `own` (`region/zone`). With a
+/// `distribute` rule for `own`: the tier drawn by weight (`draw`) among the `to`
+/// localities that have usable endpoints, then the other ones; localities outside `to`
+/// get nothing. Otherwise: same zone, same region, the `failover` regions of the own
+/// region in order, elsewhere. Empty tiers are left out.
+pub fn locality_tiers<'a>(
+    pool: Vec<&'a Arc<Endpoint>>,
+    own: &str,
+    rules: &LocalityRules,
+    draw: u64,
+) -> Vec<Vec<&'a Arc<Endpoint>>> {
+    if let Some(rule) = rules
+        .distribute
+        .iter()
+        .find(|r| locality_matches(&r.from, own))
+    {
+        let mut left = pool.clone();
+        let mut groups: Vec<(u32, Vec<&Arc<Endpoint>>)> = Vec::new();
+        for (pattern, weight) in &rule.to {
+            let (members, rest): (Vec<_>, Vec<_>) = left
+                .into_iter()
+                .partition(|e| locality_matches(pattern, &e.info.zone));
+            left = rest;
+            if !members.is_empty() && *weight > 0 {
+                groups.push((*weight, members));
+            }
+        }
+        let total: u64 = groups.iter().map(|(w, _)| u64::from(*w)).sum();
+        if total > 0 {
+            let mut point = draw % total;
+            let chosen = groups
+                .iter()
+                .position(|(w, _)| {
+                    let hit = point < u64::from(*w);
+                    point = point.saturating_sub(u64::from(*w));
+                    hit
+                })
+                .unwrap_or(0);
+            let first = groups.remove(chosen).1;
+            return std::iter::once(first)
+                .chain(groups.into_iter().map(|(_, g)| g))
+                .collect();
+        }
+        // No `to` locality has a usable endpoint: fall through to the usual order.
+    }
+    let region = own.split('/').next().unwrap_or("");
+    let same_region =
+        |e: &&Arc<Endpoint>| !region.is_empty() && e.info.zone.split('/').next() == Some(region);
+    let (same_zone, rest): (Vec<_>, Vec<_>) = pool.into_iter().partition(|e| e.info.zone == own);
+    let (in_region, mut rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(same_region);
+    let mut tiers = vec![same_zone, in_region];
+    for (from, to) in &rules.failover {
+        if from != region {
+            continue;
+        }
+        let (target, others): (Vec<_>, Vec<_>) = rest
+            .into_iter()
+            .partition(|e| e.info.zone.split('/').next() == Some(to.as_str()));
+        rest = others;
+        tiers.push(target);
+    }
+    tiers.push(rest);
+    tiers.retain(|t| !t.is_empty());
+    tiers
+}
+
+/// A second draw mixed from the two (splitmix64), for the locality choice.
+fn mix(draws: (u64, u64)) -> u64 {
+    let mut z = (draws.0 ^ draws.1.rotate_left(32)).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Per-request inputs to `Cluster::pick_with` beyond the draws.
@@ -144,11 +286,18 @@ pub struct Endpoint {
     pub ejections_total: AtomicU64,
     /// (EWMA latency in ns, last update).
     ewma: Mutex<(f64, Option<Instant>)>,
+    /// `ip:port` as a URI authority, built once instead of per request.
+    pub uri_authority: Option<http::uri::Authority>,
+    /// Request metric handles for requests served by this endpoint. Valid for the
+    /// endpoint's lifetime: a reload keeps an endpoint only when its info is unchanged.
+    pub metric_handles: crate::proxy::metrics::HandleCache,
 }
 
 impl Endpoint {
     pub fn new(info: EndpointInfo) -> Self {
         Endpoint {
+            uri_authority: http::uri::Authority::try_from(info.address.to_string()).ok(),
+            metric_handles: Default::default(),
             info,
             in_flight: AtomicU32::new(0),
             outlier: Mutex::new(OutlierState::default()),
@@ -222,6 +371,10 @@ pub struct Cluster {
     pub destination_rule: Option<String>,
     /// Session affinity; requests without the key use `algorithm`.
     pub hash_policy: Option<HashPolicy>,
+    /// With `httpCookie.ttl`: the cookie given to requests that lack it.
+    pub issued_cookie: Option<IssuedCookie>,
+    /// `localityLbSetting` distribute / failover rules.
+    pub locality_rules: LocalityRules,
     round_robin: AtomicUsize,
 }
 
@@ -243,6 +396,8 @@ impl Cluster {
             outlier,
             destination_rule,
             hash_policy: None,
+            issued_cookie: None,
+            locality_rules: LocalityRules::default(),
             round_robin: AtomicUsize::new(0),
         }
     }
@@ -252,11 +407,25 @@ impl Cluster {
         self
     }
 
+    pub fn with_issued_cookie(mut self, cookie: Option<IssuedCookie>) -> Self {
+        self.issued_cookie = cookie;
+        self
+    }
+
+    /// `enabled: false` switches locality-aware balancing off.
+    pub fn with_locality(mut self, rules: LocalityRules, enabled: Option<bool>) -> Self {
+        self.locality_rules = rules;
+        if enabled == Some(false) {
+            self.locality_aware = false;
+        }
+        self
+    }
+
     /// Endpoints the balancer may use, best locality first: not ejected (unless fewer
     /// than `minHealthPercent` are healthy: then all, like Envoy's panic mode); with
     /// locality awareness split into same zone, same region, elsewhere (empty tiers
     /// left out).
-    fn candidate_tiers(&self, now: Instant, own_zone: &str) -> Vec<Vec<&Arc<Endpoint>>> {
+    fn candidate_tiers(&self, now: Instant, own_zone: &str, draw: u64) -> Vec<Vec<&Arc<Endpoint>>> {
         let healthy: Vec<&Arc<Endpoint>> = self
             .endpoints
             .iter()
@@ -271,16 +440,7 @@ impl Cluster {
         if !self.locality_aware || own_zone.is_empty() {
             return vec![pool];
         }
-        let region = own_zone.split('/').next().unwrap_or("");
-        let (same_zone, other): (Vec<_>, Vec<_>) =
-            pool.into_iter().partition(|e| e.info.zone == own_zone);
-        let (same_region, elsewhere): (Vec<_>, Vec<_>) = other
-            .into_iter()
-            .partition(|e| !region.is_empty() && e.info.zone.split('/').next() == Some(region));
-        [same_zone, same_region, elsewhere]
-            .into_iter()
-            .filter(|tier| !tier.is_empty())
-            .collect()
+        locality_tiers(pool, own_zone, &self.locality_rules, draw)
     }
 
     /// Picks an endpoint, avoiding `tried` when another is available. `draws` are two
@@ -304,7 +464,16 @@ impl Cluster {
         draws: (u64, u64),
         options: PickOptions,
     ) -> Option<Arc<Endpoint>> {
-        let tiers = self.candidate_tiers(now, own_zone);
+        // The common request (first try, no locality tiers, nothing ejected) chooses from
+        // the endpoint list itself instead of building candidate lists.
+        if tried.is_empty()
+            && (!self.locality_aware || own_zone.is_empty())
+            && !self.endpoints.iter().any(|e| e.is_ejected(now))
+        {
+            let all = &self.endpoints;
+            return self.choose(all.len(), |i| &all[i], draws, options.affinity);
+        }
+        let tiers = self.candidate_tiers(now, own_zone, mix(draws));
         let untried =
             |tier: &Vec<&Arc<Endpoint>>| tier.iter().any(|e| !tried.contains(&e.info.address));
         // The best locality, or with retryRemoteLocalities the best one not yet exhausted.
@@ -323,28 +492,39 @@ impl Cluster {
         } else {
             fresh
         };
-        if set.is_empty() {
+        self.choose(set.len(), |i| set[i], draws, options.affinity)
+    }
+
+    /// The balancer's choice among `n` candidates (`at(i)` is the i-th).
+    fn choose<'a>(
+        &self,
+        n: usize,
+        at: impl Fn(usize) -> &'a Arc<Endpoint>,
+        draws: (u64, u64),
+        affinity: Option<u64>,
+    ) -> Option<Arc<Endpoint>> {
+        if n == 0 {
             return None;
         }
-        if let Some(key) = options.affinity {
-            return set
-                .iter()
+        if let Some(key) = affinity {
+            return (0..n)
+                .map(&at)
                 .max_by_key(|e| rendezvous_score(key, e.info.address))
-                .map(|e| (*e).clone());
+                .cloned();
         }
-        let n = set.len() as u64;
+        let len = n as u64;
         let chosen = match self.algorithm {
             Algorithm::RoundRobin => {
                 let i = self.round_robin.fetch_add(1, Ordering::Relaxed);
-                set[i % set.len()]
+                at(i % n)
             }
-            Algorithm::Random => set[(draws.0 % n) as usize],
+            Algorithm::Random => at((draws.0 % len) as usize),
             Algorithm::LeastRequest | Algorithm::PeakEwma => {
-                let a = set[(draws.0 % n) as usize];
+                let a = at((draws.0 % len) as usize);
                 // The second choice is a different endpoint when there are several.
-                let b = if n > 1 {
-                    let offset = 1 + draws.1 % (n - 1);
-                    set[((draws.0 + offset) % n) as usize]
+                let b = if len > 1 {
+                    let offset = 1 + draws.1 % (len - 1);
+                    at(((draws.0 + offset) % len) as usize)
                 } else {
                     a
                 };
@@ -579,6 +759,224 @@ mod tests {
                 assert_eq!(after, before, "key {key} moved");
             }
         }
+    }
+
+    #[test]
+    fn locality_patterns() {
+        let cases = [
+            ("us-west1", "us-west1/us-west1-a", true),
+            ("us-west1/*", "us-west1/us-west1-a", true),
+            ("us-west1/us-west1-a/*", "us-west1/us-west1-a", true),
+            ("us-west1/us-west1-a", "us-west1/us-west1-b", false),
+            ("*", "eu/eu-1", true),
+            ("us-east1/*", "us-west1/us-west1-a", false),
+        ];
+        for (pattern, locality, want) in cases {
+            assert_eq!(
+                locality_matches(pattern, locality),
+                want,
+                "{pattern} {locality}"
+            );
+        }
+    }
+
+    #[test]
+    fn locality_tiers_follow_distribute_and_failover() {
+        let eps = [
+            endpoint(1, "us-west1/us-west1-a"),
+            endpoint(2, "us-west1/us-west1-b"),
+            endpoint(3, "us-east1/us-east1-a"),
+            endpoint(4, "eu-west1/eu-west1-a"),
+        ];
+        let distribute = |from: &str, to: &[(&str, u32)]| LocalityRules {
+            distribute: vec![LocalityDistribute {
+                from: from.into(),
+                to: to.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
+            }],
+            failover: Vec::new(),
+        };
+        let failover = |pairs: &[(&str, &str)]| LocalityRules {
+            distribute: Vec::new(),
+            failover: pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        let split_80_20 = distribute(
+            "us-west1/us-west1-a/*",
+            &[("us-west1/us-west1-a/*", 80), ("us-west1/us-west1-b/*", 20)],
+        );
+        // (endpoints present, own zone, rules, draw, tiers by port)
+        type Case<'a> = (&'a [usize], &'a str, LocalityRules, u64, Vec<Vec<u16>>);
+        let cases: Vec<Case> = vec![
+            // No rules: zone, region, elsewhere.
+            (
+                &[0, 1, 2, 3],
+                "us-west1/us-west1-a",
+                LocalityRules::default(),
+                0,
+                vec![vec![1], vec![2], vec![3, 4]],
+            ),
+            // failover us-west1 -> eu-west1 puts eu-west1 before us-east1.
+            (
+                &[0, 1, 2, 3],
+                "us-west1/us-west1-a",
+                failover(&[("us-west1", "eu-west1")]),
+                0,
+                vec![vec![1], vec![2], vec![4], vec![3]],
+            ),
+            (
+                &[2, 3],
+                "us-west1/us-west1-a",
+                failover(&[("us-west1", "eu-west1")]),
+                0,
+                vec![vec![4], vec![3]],
+            ),
+            // Another region's rule does not apply.
+            (
+                &[2, 3],
+                "us-west1/us-west1-a",
+                failover(&[("us-east1", "eu-west1")]),
+                0,
+                vec![vec![3, 4]],
+            ),
+            // distribute 80/20: draws 0..79 go to zone a, 80..99 to zone b.
+            (
+                &[0, 1, 2, 3],
+                "us-west1/us-west1-a",
+                split_80_20.clone(),
+                0,
+                vec![vec![1], vec![2]],
+            ),
+            (
+                &[0, 1, 2, 3],
+                "us-west1/us-west1-a",
+                split_80_20.clone(),
+                79,
+                vec![vec![1], vec![2]],
+            ),
+            (
+                &[0, 1, 2, 3],
+                "us-west1/us-west1-a",
+                split_80_20.clone(),
+                80,
+                vec![vec![2], vec![1]],
+            ),
+            (
+                &[0, 1, 2, 3],
+                "us-west1/us-west1-a",
+                split_80_20.clone(),
+                199,
+                vec![vec![2], vec![1]],
+            ),
+            // Zone a gone (ejected): its share goes to zone b.
+            (
+                &[1, 2, 3],
+                "us-west1/us-west1-a",
+                split_80_20.clone(),
+                0,
+                vec![vec![2]],
+            ),
+            // Nothing in `to` usable: the usual order.
+            (
+                &[2, 3],
+                "us-west1/us-west1-a",
+                split_80_20.clone(),
+                0,
+                vec![vec![3, 4]],
+            ),
+            // A client outside `from` is not distributed.
+            (
+                &[0, 1, 2, 3],
+                "us-east1/us-east1-a",
+                split_80_20,
+                0,
+                vec![vec![3], vec![1, 2, 4]],
+            ),
+        ];
+        for (present, own, rules, draw, want) in cases {
+            let pool: Vec<&Arc<Endpoint>> = present.iter().map(|i| &eps[*i]).collect();
+            let got: Vec<Vec<u16>> = locality_tiers(pool, own, &rules, draw)
+                .iter()
+                .map(|t| t.iter().map(|e| e.info.address.port()).collect())
+                .collect();
+            assert_eq!(got, want, "{own} {rules:?} draw {draw} over {present:?}");
+        }
+    }
+
+    #[test]
+    fn distribute_shares_traffic_by_weight_through_pick() {
+        let eps = vec![
+            endpoint(1, "us-west1/us-west1-a"),
+            endpoint(2, "us-west1/us-west1-b"),
+        ];
+        let outlier = OutlierPolicy {
+            consecutive_5xx: 5,
+            consecutive_gateway: 0,
+            interval: Duration::from_secs(10),
+            base_ejection: Duration::from_secs(30),
+            max_ejection_percent: 10,
+            min_health_percent: 0,
+        };
+        let c = cluster(Algorithm::RoundRobin, eps, Some(outlier)).with_locality(
+            LocalityRules {
+                distribute: vec![LocalityDistribute {
+                    from: "us-west1/*".into(),
+                    to: vec![
+                        ("us-west1/us-west1-a".into(), 70),
+                        ("us-west1/us-west1-b".into(), 30),
+                    ],
+                }],
+                failover: Vec::new(),
+            },
+            None,
+        );
+        let now = Instant::now();
+        let mut to_b = 0;
+        let mut state = 0x1234_5678_u64;
+        for _ in 0..10_000 {
+            state = mix((state, 7));
+            let draws = (state, mix((state, 11)));
+            let e = c.pick(now, "us-west1/us-west1-a", &[], draws).unwrap();
+            if e.info.address.port() == 2 {
+                to_b += 1;
+            }
+        }
+        assert!(
+            (2_700..=3_300).contains(&to_b),
+            "{to_b} of 10000 went to zone b"
+        );
+    }
+
+    #[test]
+    fn issued_cookies_carry_ttl_and_path_and_hash_like_the_request_cookie() {
+        let cookie = |path: Option<&str>, ttl: u64| IssuedCookie {
+            name: "sticky".into(),
+            path: path.map(String::from),
+            ttl: Duration::from_secs(ttl),
+        };
+        let cases = [
+            (
+                cookie(Some("/"), 90),
+                "sticky=v; Max-Age=90; Path=/; HttpOnly",
+            ),
+            (cookie(None, 3600), "sticky=v; Max-Age=3600; HttpOnly"),
+            // ttl 0: a session cookie, as in Envoy.
+            (cookie(Some("/api"), 0), "sticky=v; Path=/api; HttpOnly"),
+        ];
+        for (c, want) in cases {
+            assert_eq!(c.header("v"), want);
+        }
+        let value = IssuedCookie::value(0xabc);
+        assert_eq!(value, "0000000000000abc");
+        let mut h = http::HeaderMap::new();
+        let sent = format!("a=1; sticky={value}");
+        h.insert("cookie", http::HeaderValue::from_str(&sent).unwrap());
+        let ip = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(
+            HashPolicy::Cookie("sticky".into()).key(&h, None, ip),
+            Some(hash_key(&value))
+        );
     }
 
     #[test]

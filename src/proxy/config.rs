@@ -27,7 +27,10 @@ use serde::Deserialize;
 use crate::api::istio::{
     self, DestinationRuleSpec, HeaderOperations, HttpRoute, TrafficPolicy, VirtualServiceSpec,
 };
-use crate::proxy::balance::{self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy};
+use crate::proxy::balance::{
+    self, Algorithm, Cluster, Endpoint, EndpointInfo, HashPolicy, IssuedCookie, LocalityDistribute,
+    LocalityRules,
+};
 use crate::proxy::resilience::{
     self, Backoff, ConnectionPool, OutlierPolicy, PoolLimits, RetryConditions, RetryPolicy,
 };
@@ -362,6 +365,9 @@ pub fn build(
             limits,
             outlier,
             hash,
+            cookie,
+            locality,
+            locality_enabled,
         } = effective_policy(&object, policy.as_ref())?;
         let pool = previous
             .and_then(|p| p.clusters.get(&key))
@@ -376,7 +382,9 @@ pub fn build(
             outlier,
             rule.map(|(n, _)| n.clone()),
         )
-        .with_hash_policy(hash);
+        .with_hash_policy(hash)
+        .with_issued_cookie(cookie)
+        .with_locality(locality, locality_enabled);
         clusters.insert(key, Arc::new(cluster));
     }
 
@@ -391,6 +399,29 @@ pub fn build(
         default_retry: settings.default_retries.then(RetryPolicy::mesh_default),
         warnings,
     })
+}
+
+/// What `build` would reject this VirtualService for, judged on its own (cross-object
+/// checks do not exist for VirtualServices). Kubernetes mode uses it to skip only the
+/// invalid object instead of the whole update.
+pub fn check_virtual_service(
+    vs: &Object<VirtualServiceSpec>,
+    default_ns: &str,
+) -> Result<(), Error> {
+    let object = object_name("VirtualService", &vs.metadata, default_ns);
+    require_name(&object, &vs.metadata)?;
+    let ns = vs.metadata.namespace.as_deref().unwrap_or(default_ns);
+    build_virtual_host(&object, ns, &vs.spec, &mut BTreeSet::new()).map(|_| ())
+}
+
+/// Like `check_virtual_service`, for a DestinationRule.
+pub fn check_destination_rule(
+    rule: &Object<DestinationRuleSpec>,
+    default_ns: &str,
+) -> Result<(), Error> {
+    let object = object_name("DestinationRule", &rule.metadata, default_ns);
+    require_name(&object, &rule.metadata)?;
+    validate_destination_rule(&object, &rule.spec)
 }
 
 fn require_name(object: &str, meta: &ObjectMeta) -> Result<(), Error> {
@@ -439,24 +470,6 @@ fn unsupported_in_destination_rule(object: &str, spec: &DestinationRuleSpec) -> 
                 .map(|p| (format!("subsets[{i}].trafficPolicy"), p))
         }));
     for (path, policy) in policies {
-        if let Some(lb) = &policy.load_balancer {
-            // Cookies are hashed when present; Envoy would also issue one with a ttl.
-            if lb
-                .consistent_hash
-                .as_ref()
-                .and_then(|c| c.http_cookie.as_ref())
-                .is_some_and(|c| c.ttl.is_some())
-            {
-                found.push(format!("{path}.loadBalancer.consistentHash.httpCookie.ttl"));
-            }
-            if lb
-                .locality_lb_setting
-                .as_ref()
-                .is_some_and(|l| !l.distribute.is_empty() || !l.failover.is_empty())
-            {
-                found.push(format!("{path}.loadBalancer.localityLbSetting"));
-            }
-        }
         if policy.tls.is_some() {
             found.push(format!("{path}.tls"));
         }
@@ -541,6 +554,9 @@ struct EffectivePolicy {
     limits: PoolLimits,
     outlier: Option<OutlierPolicy>,
     hash: Option<HashPolicy>,
+    cookie: Option<IssuedCookie>,
+    locality: LocalityRules,
+    locality_enabled: Option<bool>,
 }
 
 fn effective_policy(
@@ -553,6 +569,9 @@ fn effective_policy(
             limits: PoolLimits::default(),
             outlier: None,
             hash: None,
+            cookie: None,
+            locality: LocalityRules::default(),
+            locality_enabled: None,
         });
     };
     let field = "trafficPolicy.loadBalancer.simple";
@@ -629,6 +648,7 @@ fn effective_policy(
             })
         }
     };
+    let mut cookie = None;
     let hash = match policy
         .load_balancer
         .as_ref()
@@ -657,6 +677,13 @@ fn effective_policy(
                     ));
                 }
                 set.push(HashPolicy::Cookie(c.name.clone()));
+                if let Some(ttl) = &c.ttl {
+                    cookie = Some(IssuedCookie {
+                        name: c.name.clone(),
+                        path: c.path.clone().filter(|p| !p.is_empty()),
+                        ttl: duration_field(object, &format!("{f}.httpCookie.ttl"), ttl)?,
+                    });
+                }
             }
             if let Some(q) = ch
                 .http_query_parameter_name
@@ -678,12 +705,62 @@ fn effective_policy(
             set.pop()
         }
     };
+    let setting = policy
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref());
+    let locality = match setting {
+        None => LocalityRules::default(),
+        Some(l) => locality_rules(object, l)?,
+    };
     Ok(EffectivePolicy {
         algorithm,
         limits,
         outlier,
         hash,
+        cookie,
+        locality,
+        locality_enabled: setting.and_then(|l| l.enabled),
     })
+}
+
+/// Istio's validation of `localityLbSetting`: one of distribute / failover, weights of
+/// each `to` summing to 100, failover between two different regions.
+fn locality_rules(object: &str, l: &istio::LocalityLbSetting) -> Result<LocalityRules, Error> {
+    let f = "trafficPolicy.loadBalancer.localityLbSetting";
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        return Err(invalid(
+            object,
+            f,
+            "set either distribute or failover, not both",
+        ));
+    }
+    let mut rules = LocalityRules::default();
+    for (i, d) in l.distribute.iter().enumerate() {
+        let total: u64 = d.to.values().map(|w| u64::from(*w)).sum();
+        if total != 100 {
+            return Err(invalid(
+                object,
+                &format!("{f}.distribute[{i}].to"),
+                &format!("weights sum to {total}, not 100"),
+            ));
+        }
+        rules.distribute.push(LocalityDistribute {
+            from: d.from.clone(),
+            to: d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        });
+    }
+    for (i, fo) in l.failover.iter().enumerate() {
+        if fo.from.is_empty() || fo.to.is_empty() || fo.from == fo.to {
+            return Err(invalid(
+                object,
+                &format!("{f}.failover[{i}]"),
+                "from and to must be two different regions",
+            ));
+        }
+        rules.failover.push((fo.from.clone(), fo.to.clone()));
+    }
+    Ok(rules)
 }
 
 fn header_ops(
@@ -1116,7 +1193,7 @@ endpoints:
         let yaml = GOOD
             .replace(
                 "    subsets:",
-                "    trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}}\n    subsets:",
+                "    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n    subsets:",
             )
             .replace(
                 "    - route:\n",
@@ -1126,10 +1203,51 @@ endpoints:
         assert_eq!(
             snap.warnings,
             [
-                "DestinationRule istioinaction/catalog: spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl is not enforced by sluice-proxy",
+                "DestinationRule istioinaction/catalog: spec.trafficPolicy.tls is not enforced by sluice-proxy",
                 "VirtualService istioinaction/catalog: spec.http[1].corsPolicy is not enforced by sluice-proxy",
             ]
         );
+    }
+
+    #[test]
+    fn locality_settings_are_validated() {
+        let with = |setting: &str| {
+            GOOD.replace(
+                "    subsets:",
+                &format!("    trafficPolicy: {{outlierDetection: {{}}, loadBalancer: {{localityLbSetting: {setting}}}}}\n    subsets:"),
+            )
+        };
+        let ok = build(
+            &parse(&with("{distribute: [{from: \"us-west1/*\", to: {\"us-west1/a/*\": 60, \"us-west1/b/*\": 40}}]}")),
+            &ProxySettings::default(),
+            None,
+        )
+        .unwrap();
+        assert!(
+            ok.warnings.iter().all(|w| !w.contains("localityLbSetting")),
+            "{:?}",
+            ok.warnings
+        );
+        let cases = [
+            (
+                "{distribute: [{from: \"*\", to: {\"a/*\": 60}}]}",
+                "trafficPolicy.loadBalancer.localityLbSetting.distribute[0].to: weights sum to 60, not 100",
+            ),
+            (
+                "{failover: [{from: us-west1, to: us-west1}]}",
+                "trafficPolicy.loadBalancer.localityLbSetting.failover[0]: from and to must be two different regions",
+            ),
+            (
+                "{distribute: [{from: \"*\", to: {\"a/*\": 100}}], failover: [{from: a, to: b}]}",
+                "trafficPolicy.loadBalancer.localityLbSetting: set either distribute or failover, not both",
+            ),
+        ];
+        for (setting, want) in cases {
+            let err = build(&parse(&with(setting)), &ProxySettings::default(), None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{setting}: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! from cluster objects to a `ConfigFile` is a pure function; the watch loop is a thin
 //! shell that rebuilds (debounced) whenever a store changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
@@ -11,16 +11,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta as KubeMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
-use crate::api::istio::{DestinationRule, VirtualService};
-use crate::proxy::config::{ConfigFile, EndpointEntry, Object, ObjectMeta};
+use crate::api::istio::{DestinationRule, DestinationRuleSpec, VirtualService, VirtualServiceSpec};
+use crate::proxy::config::{self, ConfigFile, EndpointEntry, Object, ObjectMeta};
 use crate::proxy::Proxy;
 
 /// Changes arriving within this window are applied as one rebuild.
@@ -151,6 +155,156 @@ pub fn config_from_cluster(namespace: &str, state: &ClusterState) -> ConfigFile 
     }
 }
 
+// === Invalid objects ===
+
+/// An object left out of the update because it is invalid.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejected {
+    /// `VirtualService` or `DestinationRule`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+    /// The validation error: object, field at fault and reason.
+    pub message: String,
+    /// Its last valid version is still applied.
+    pub kept_previous: bool,
+}
+
+/// The last valid version of each VirtualService and DestinationRule (by namespace and
+/// name), so an invalid edit of one object leaves that object as it was.
+#[derive(Default)]
+pub struct LastGood {
+    virtual_services: HashMap<(String, String), Object<VirtualServiceSpec>>,
+    destination_rules: HashMap<(String, String), Object<DestinationRuleSpec>>,
+}
+
+/// Replaces each invalid VirtualService/DestinationRule in `file` by its last valid
+/// version, or leaves it out when it never was valid, so one bad object does not block
+/// the others (pure apart from `last_good`, which it updates).
+pub fn keep_valid(file: &mut ConfigFile, last_good: &mut LastGood) -> Vec<Rejected> {
+    let default_ns = file.namespace.clone().unwrap_or_default();
+    let mut rejected = Vec::new();
+    keep_valid_objects(
+        "VirtualService",
+        &mut file.virtual_services,
+        &mut last_good.virtual_services,
+        &default_ns,
+        config::check_virtual_service,
+        &mut rejected,
+    );
+    keep_valid_objects(
+        "DestinationRule",
+        &mut file.destination_rules,
+        &mut last_good.destination_rules,
+        &default_ns,
+        config::check_destination_rule,
+        &mut rejected,
+    );
+    rejected
+}
+
+fn keep_valid_objects<S: Clone>(
+    kind: &'static str,
+    objects: &mut Vec<Object<S>>,
+    last_good: &mut HashMap<(String, String), Object<S>>,
+    default_ns: &str,
+    check: fn(&Object<S>, &str) -> Result<(), config::Error>,
+    rejected: &mut Vec<Rejected>,
+) {
+    let key = |o: &Object<S>| {
+        (
+            o.metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| default_ns.to_string()),
+            o.metadata.name.clone(),
+        )
+    };
+    // A deleted object's last version must not come back.
+    let present: HashSet<(String, String)> = objects.iter().map(key).collect();
+    last_good.retain(|k, _| present.contains(k));
+    let mut kept = Vec::with_capacity(objects.len());
+    for object in objects.drain(..) {
+        let k = key(&object);
+        match check(&object, default_ns) {
+            Ok(()) => {
+                last_good.insert(k, object.clone());
+                kept.push(object);
+            }
+            Err(error) => {
+                let previous = last_good.get(&k).cloned();
+                rejected.push(Rejected {
+                    kind,
+                    namespace: k.0,
+                    name: k.1,
+                    message: error.to_string(),
+                    kept_previous: previous.is_some(),
+                });
+                kept.extend(previous);
+            }
+        }
+    }
+    *objects = kept;
+}
+
+/// The `reportingController` of the proxy's events.
+pub const REPORTING_CONTROLLER: &str = "sluice.dev/sluice-proxy";
+
+/// The Warning event (events.k8s.io/v1) about an invalid object; `uid` and
+/// `resource_version` pin it to the offending version of the object.
+pub fn warning_event(
+    rejected: &Rejected,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    reporting_instance: &str,
+    now: Timestamp,
+) -> Event {
+    let kept = if rejected.kept_previous {
+        "its last valid version stays applied"
+    } else {
+        "it is not applied"
+    };
+    Event {
+        metadata: KubeMeta {
+            name: Some(format!(
+                "{}.{:x}",
+                truncate(&rejected.name, 200),
+                now.as_nanosecond()
+            )),
+            namespace: Some(rejected.namespace.clone()),
+            ..Default::default()
+        },
+        event_time: Some(MicroTime(now)),
+        type_: Some("Warning".into()),
+        reason: Some("InvalidConfig".into()),
+        action: Some("Validate".into()),
+        note: Some(truncate(&format!("{}; {kept}", rejected.message), 1024)),
+        regarding: Some(ObjectReference {
+            api_version: Some("networking.istio.io/v1beta1".into()),
+            kind: Some(rejected.kind.into()),
+            name: Some(rejected.name.clone()),
+            namespace: Some(rejected.namespace.clone()),
+            uid,
+            resource_version,
+            ..Default::default()
+        }),
+        reporting_controller: Some(REPORTING_CONTROLLER.into()),
+        reporting_instance: Some(truncate(reporting_instance, 128)),
+        ..Default::default()
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// `region/zone[/subzone]` from Istio's pod label, else the topology region label and
 /// the EndpointSlice's zone.
 fn locality(labels: &BTreeMap<String, String>, slice_zone: Option<&str>) -> Option<String> {
@@ -183,6 +337,26 @@ fn workload_name(pod: &Pod) -> Option<String> {
         }
     }
     Some(owner.name.clone())
+}
+
+/// The cluster object a rejection is about.
+fn object_meta<'a>(state: &'a ClusterState, r: &Rejected) -> Option<&'a kube::api::ObjectMeta> {
+    let matches = |m: &kube::api::ObjectMeta| {
+        m.name.as_deref() == Some(r.name.as_str())
+            && m.namespace.as_deref().is_none_or(|ns| ns == r.namespace)
+    };
+    match r.kind {
+        "VirtualService" => state
+            .virtual_services
+            .iter()
+            .map(|o| &o.metadata)
+            .find(|m| matches(m)),
+        _ => state
+            .destination_rules
+            .iter()
+            .map(|o| &o.metadata)
+            .find(|m| matches(m)),
+    }
 }
 
 // === Watch shell ===
@@ -238,6 +412,13 @@ pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result
         ready.map_err(|_| Error::StoreDropped)?;
     }
     tracing::info!(%namespace, "kubernetes stores ready");
+    let events = Api::<Event>::namespaced(client.clone(), &namespace);
+    let instance = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "sluice-proxy".into());
+    let mut last_good = LastGood::default();
+    // Events already sent, by object version and message: one event per bad version.
+    let mut reported: HashSet<(String, String, Option<String>, String)> = HashSet::new();
     loop {
         tokio::time::sleep(DEBOUNCE).await;
         let state = ClusterState {
@@ -246,7 +427,43 @@ pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result
             endpoint_slices: slices.state(),
             pods: pods.state(),
         };
-        let file = config_from_cluster(&namespace, &state);
+        let mut file = config_from_cluster(&namespace, &state);
+        let rejected = keep_valid(&mut file, &mut last_good);
+        let mut still_reported = HashSet::new();
+        for r in &rejected {
+            tracing::error!(
+                kind = r.kind,
+                object = %format!("{}/{}", r.namespace, r.name),
+                kept_previous = r.kept_previous,
+                "invalid object skipped: {}",
+                r.message
+            );
+            let meta = object_meta(&state, r);
+            let version = meta.and_then(|m| m.resource_version.clone());
+            let key = (
+                r.kind.to_string(),
+                r.name.clone(),
+                version.clone(),
+                r.message.clone(),
+            );
+            still_reported.insert(key.clone());
+            if reported.contains(&key) {
+                continue;
+            }
+            let event = warning_event(
+                r,
+                meta.and_then(|m| m.uid.clone()),
+                version,
+                &instance,
+                Timestamp::now(),
+            );
+            match events.create(&PostParams::default(), &event).await {
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot create the Warning event"),
+            }
+        }
+        reported = still_reported;
+        proxy.set_rejected_objects(rejected.iter().map(|r| r.message.clone()).collect());
         match proxy.apply(&file) {
             Ok(()) => tracing::info!(
                 virtual_services = state.virtual_services.len(),
@@ -371,5 +588,184 @@ metadata:
             subset: Some("version-v2".into()),
         };
         assert_eq!(snapshot.clusters[&v2].endpoints.len(), 1);
+    }
+
+    fn vs(name: &str, host: &str, w1: i64, w2: i64) -> Arc<VirtualService> {
+        yaml(&format!(
+            r#"
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop, uid: uid-{name}, resourceVersion: "7"}}
+spec:
+  hosts: [{host}]
+  http:
+  - route:
+    - {{destination: {{host: {host}}}, weight: {w1}}}
+    - {{destination: {{host: {host}}}, weight: {w2}}}
+"#
+        ))
+    }
+
+    fn weights(file: &ConfigFile, name: &str) -> Option<Vec<Option<i64>>> {
+        let vs = file
+            .virtual_services
+            .iter()
+            .find(|o| o.metadata.name == name)?;
+        Some(
+            vs.spec.http[0]
+                .route
+                .iter()
+                .map(|d| d.weight.map(i64::from))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn an_invalid_object_is_skipped_and_its_last_valid_version_kept() {
+        let mut last_good = LastGood::default();
+        let state =
+            |objects: Vec<Arc<VirtualService>>, rules: Vec<Arc<DestinationRule>>| ClusterState {
+                virtual_services: objects,
+                destination_rules: rules,
+                ..Default::default()
+            };
+        let bad_rule: Arc<DestinationRule> = yaml(
+            r#"
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}
+"#,
+        );
+
+        // 1. catalog valid, reviews VS and the DestinationRule never valid: both left
+        //    out, catalog applies.
+        let mut file = config_from_cluster(
+            "shop",
+            &state(
+                vec![
+                    vs("catalog", "catalog", 90, 10),
+                    vs("reviews", "reviews", -5, 10),
+                ],
+                vec![bad_rule.clone()],
+            ),
+        );
+        let rejected = keep_valid(&mut file, &mut last_good);
+        let summary: Vec<(&str, &str, bool)> = rejected
+            .iter()
+            .map(|r| (r.kind, r.name.as_str(), r.kept_previous))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("VirtualService", "reviews", false),
+                ("DestinationRule", "reviews", false)
+            ]
+        );
+        assert!(
+            rejected[0].message.contains("spec.http[0].route[0].weight"),
+            "{}",
+            rejected[0].message
+        );
+        assert_eq!(weights(&file, "catalog"), Some(vec![Some(90), Some(10)]));
+        assert_eq!(weights(&file, "reviews"), None);
+        assert!(file.destination_rules.is_empty());
+        let snapshot = build(&file, &ProxySettings::default(), None).unwrap();
+        assert_eq!(snapshot.table.virtual_hosts.len(), 1);
+
+        // 2. catalog edited into an invalid version: its 90/10 stays; reviews fixed.
+        let mut file = config_from_cluster(
+            "shop",
+            &state(
+                vec![
+                    vs("catalog", "catalog", 0, 0),
+                    vs("reviews", "reviews", 50, 50),
+                ],
+                Vec::new(),
+            ),
+        );
+        let rejected = keep_valid(&mut file, &mut last_good);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].name, "catalog");
+        assert!(rejected[0].kept_previous);
+        assert_eq!(weights(&file, "catalog"), Some(vec![Some(90), Some(10)]));
+        assert_eq!(weights(&file, "reviews"), Some(vec![Some(50), Some(50)]));
+        let snapshot = build(&file, &ProxySettings::default(), None).unwrap();
+        assert_eq!(snapshot.table.virtual_hosts.len(), 2);
+
+        // 3. catalog deleted, then created again invalid: the old version is forgotten.
+        let mut file = config_from_cluster(
+            "shop",
+            &state(vec![vs("reviews", "reviews", 50, 50)], Vec::new()),
+        );
+        assert!(keep_valid(&mut file, &mut last_good).is_empty());
+        let mut file = config_from_cluster(
+            "shop",
+            &state(vec![vs("catalog", "catalog", 0, 0)], Vec::new()),
+        );
+        let rejected = keep_valid(&mut file, &mut last_good);
+        assert!(!rejected[0].kept_previous);
+        assert!(file.virtual_services.is_empty());
+    }
+
+    #[test]
+    fn the_warning_event_names_the_object_and_the_field() {
+        let state = ClusterState {
+            virtual_services: vec![vs("catalog", "catalog", -5, 10)],
+            ..Default::default()
+        };
+        let mut file = config_from_cluster("shop", &state);
+        let rejected = keep_valid(&mut file, &mut LastGood::default());
+        let meta = object_meta(&state, &rejected[0]).unwrap();
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let event = warning_event(
+            &rejected[0],
+            meta.uid.clone(),
+            meta.resource_version.clone(),
+            "sluice-router-abc",
+            now,
+        );
+        assert_eq!(event.type_.as_deref(), Some("Warning"));
+        assert_eq!(event.reason.as_deref(), Some("InvalidConfig"));
+        assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            event.metadata.name.as_deref(),
+            Some(format!("catalog.{:x}", now.as_nanosecond()).as_str())
+        );
+        assert_eq!(event.event_time, Some(MicroTime(now)));
+        assert_eq!(
+            event.reporting_controller.as_deref(),
+            Some(REPORTING_CONTROLLER)
+        );
+        assert_eq!(
+            event.reporting_instance.as_deref(),
+            Some("sluice-router-abc")
+        );
+        let regarding = event.regarding.unwrap();
+        assert_eq!(
+            (
+                regarding.api_version.as_deref(),
+                regarding.kind.as_deref(),
+                regarding.namespace.as_deref(),
+                regarding.name.as_deref(),
+                regarding.uid.as_deref(),
+                regarding.resource_version.as_deref(),
+            ),
+            (
+                Some("networking.istio.io/v1beta1"),
+                Some("VirtualService"),
+                Some("shop"),
+                Some("catalog"),
+                Some("uid-catalog"),
+                Some("7"),
+            )
+        );
+        assert_eq!(
+            event.note.as_deref(),
+            Some(
+                "VirtualService shop/catalog: spec.http[0].route[0].weight: weight -5 is \
+                 negative; it is not applied"
+            )
+        );
     }
 }

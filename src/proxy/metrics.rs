@@ -73,6 +73,52 @@ fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS_BYTES)
 }
 
+/// The request metrics of one label set. Clones share the series registered in the
+/// families, so updates through a handle are what `/metrics` shows.
+#[derive(Clone, Debug)]
+pub struct RequestHandles {
+    pub requests: Counter,
+    pub duration_ms: Histogram,
+    pub request_bytes: Histogram,
+    pub response_bytes: Histogram,
+}
+
+/// What varies per request among the labels of one endpoint (the other labels are fixed
+/// by the endpoint, its service and this proxy's identity).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandleKey {
+    pub response_code: u16,
+    pub grpc: bool,
+    pub flags: Vec<&'static str>,
+}
+
+/// Per-endpoint cache of resolved handles. Small: a handful of response codes and flag
+/// combinations per endpoint; past `HANDLE_CACHE_MAX` the caller resolves each time.
+#[derive(Debug, Default)]
+pub struct HandleCache {
+    entries: std::sync::RwLock<Vec<(HandleKey, RequestHandles)>>,
+}
+
+const HANDLE_CACHE_MAX: usize = 32;
+
+impl HandleCache {
+    pub fn get(&self, code: u16, grpc: bool, flags: &[&'static str]) -> Option<RequestHandles> {
+        let entries = self.entries.read().ok()?;
+        entries
+            .iter()
+            .find(|(k, _)| k.response_code == code && k.grpc == grpc && k.flags == flags)
+            .map(|(_, h)| h.clone())
+    }
+
+    pub fn insert(&self, key: HandleKey, handles: RequestHandles) {
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() < HANDLE_CACHE_MAX && !entries.iter().any(|(k, _)| *k == key) {
+                entries.push((key, handles));
+            }
+        }
+    }
+}
+
 pub struct ProxyMetrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -182,6 +228,17 @@ impl ProxyMetrics {
         out
     }
 
+    /// The four request metrics of one label set, resolved once so the data path can
+    /// update them without building labels or hashing them again.
+    pub fn handles(&self, labels: &RequestLabels) -> RequestHandles {
+        RequestHandles {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration_ms: self.duration_ms.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        }
+    }
+
     pub fn count_cluster(family: &Family<ClusterLabels, Counter>, cluster: &str) {
         family
             .get_or_create(&ClusterLabels {
@@ -226,5 +283,56 @@ mod tests {
         );
         assert!(text.contains("le=\"3600000.0\""), "{text}");
         assert!(text.contains("response_flags=\"-\""), "{text}");
+    }
+
+    #[test]
+    fn cached_handles_update_the_registered_series() {
+        let labels = |code: &str| RequestLabels {
+            reporter: "source".into(),
+            source_workload: UNKNOWN.into(),
+            source_workload_namespace: "istioinaction".into(),
+            destination_workload: "catalog-v1".into(),
+            destination_workload_namespace: "istioinaction".into(),
+            destination_service: "catalog.istioinaction.svc.cluster.local".into(),
+            destination_service_name: "catalog".into(),
+            destination_service_namespace: "istioinaction".into(),
+            destination_version: "v1".into(),
+            request_protocol: "http".into(),
+            response_code: code.into(),
+            response_flags: "-".into(),
+            connection_security_policy: UNKNOWN.into(),
+        };
+        // The series a handle updates is the one the label set names, line for line.
+        let via_handles = ProxyMetrics::new();
+        let h = via_handles.handles(&labels("200"));
+        let cache = HandleCache::default();
+        let key = HandleKey {
+            response_code: 200,
+            grpc: false,
+            flags: Vec::new(),
+        };
+        cache.insert(key.clone(), h);
+        for _ in 0..2 {
+            let h = cache.get(200, false, &[]).expect("cached");
+            h.requests.inc();
+            h.duration_ms.observe(3.0);
+            h.request_bytes.observe(0.0);
+            h.response_bytes.observe(250.0);
+        }
+        assert!(cache.get(503, false, &[]).is_none());
+        assert!(cache.get(200, false, &["UO"]).is_none());
+        assert!(cache.get(200, true, &[]).is_none());
+
+        let via_labels = ProxyMetrics::new();
+        for _ in 0..2 {
+            let l = labels("200");
+            via_labels.requests.get_or_create(&l).inc();
+            via_labels.duration_ms.get_or_create(&l).observe(3.0);
+            via_labels.request_bytes.get_or_create(&l).observe(0.0);
+            via_labels.response_bytes.get_or_create(&l).observe(250.0);
+        }
+        let text = via_handles.encode();
+        assert!(text.contains("response_code=\"200\""), "{text}");
+        assert_eq!(text, via_labels.encode());
     }
 }

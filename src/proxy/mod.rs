@@ -66,6 +66,8 @@ pub struct Proxy {
     /// For endpoints declared `protocol: h2c`.
     client_h2c: Client<HttpConnector, Full<Bytes>>,
     last_error: Mutex<Option<String>>,
+    /// Kubernetes mode: objects skipped as invalid in the last update (their errors).
+    rejected_objects: Mutex<Vec<String>>,
 }
 
 impl Proxy {
@@ -96,6 +98,7 @@ impl Proxy {
             client_without_keepalive,
             client_h2c,
             last_error: Mutex::new(None),
+            rejected_objects: Mutex::new(Vec::new()),
         })
     }
 
@@ -155,6 +158,20 @@ impl Proxy {
                 .inc();
         })?;
         self.apply(&file)
+    }
+
+    pub fn set_rejected_objects(&self, errors: Vec<String>) {
+        if let Ok(mut rejected) = self.rejected_objects.lock() {
+            *rejected = errors;
+        }
+    }
+
+    /// Objects left out of the live config because they are invalid (Kubernetes mode).
+    pub fn rejected_objects(&self) -> Vec<String> {
+        self.rejected_objects
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     /// The error of the last rejected config, if the last attempt failed.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, HOST};
-use http::{Method, Request, Response, StatusCode};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -15,11 +16,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rand::RngExt;
 use tokio::net::TcpListener;
 
-use crate::proxy::balance::{Cluster, Endpoint, InFlight, PickOptions};
+use crate::proxy::balance::{self, Cluster, Endpoint, InFlight, IssuedCookie, PickOptions};
 use crate::proxy::config::Snapshot;
-use crate::proxy::metrics::{EjectionLabels, OverflowLabels, ProxyMetrics, RequestLabels, UNKNOWN};
+use crate::proxy::metrics::{
+    EjectionLabels, HandleKey, OverflowLabels, ProxyMetrics, RequestHandles, RequestLabels, UNKNOWN,
+};
 use crate::proxy::resilience::{Overflow, PoolGuard, RetryPolicy, TryOutcome};
-use crate::proxy::routes::{authority_port, Mirror, RequestView, RouteDestination, Selection};
+use crate::proxy::routes::{
+    authority_port, ClusterKey, Mirror, RequestView, RouteDestination, Selection,
+};
 use crate::proxy::Proxy;
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -78,7 +83,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
 /// What the access log and metrics say about one request.
 struct Record {
     method: Method,
-    path: String,
+    path: PathAndQuery,
     protocol: &'static str,
     authority: String,
     service: Option<String>,
@@ -179,8 +184,7 @@ impl Body for GuardedBody {
 struct CountingBody {
     inner: ProxyBody,
     bytes: u64,
-    sizes: crate::proxy::metrics::HistogramFamily,
-    labels: RequestLabels,
+    sizes: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Body for CountingBody {
@@ -212,16 +216,14 @@ impl Body for CountingBody {
 
 impl Drop for CountingBody {
     fn drop(&mut self) {
-        self.sizes
-            .get_or_create(&self.labels)
-            .observe(self.bytes as f64);
+        self.sizes.observe(self.bytes as f64);
     }
 }
 
 /// What the retry loop needs to build each try.
 struct Upstream<'a> {
     method: &'a Method,
-    path_and_query: &'a str,
+    path_and_query: &'a PathAndQuery,
     headers: &'a HeaderMap,
     body: &'a Bytes,
     /// Session-affinity key from the cluster's consistentHash, if the request has one.
@@ -255,7 +257,8 @@ impl Proxy {
             path: req
                 .uri()
                 .path_and_query()
-                .map_or("/".into(), |pq| pq.to_string()),
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             protocol,
             authority,
             service: None,
@@ -266,18 +269,14 @@ impl Proxy {
             request_bytes: 0,
         };
         let response = self.route_request(req, local_port, peer, &mut record).await;
-        let labels = self.finish(&record, &response, started, peer);
-        self.metrics
-            .request_bytes
-            .get_or_create(&labels)
-            .observe(record.request_bytes as f64);
-        let sizes = self.metrics.response_bytes.clone();
+        let handles = self.finish(&record, &response, started, peer);
+        handles.request_bytes.observe(record.request_bytes as f64);
+        let sizes = handles.response_bytes;
         response.map(|inner| {
             CountingBody {
                 inner,
                 bytes: 0,
                 sizes,
-                labels,
             }
             .boxed()
         })
@@ -291,7 +290,7 @@ impl Proxy {
         record: &mut Record,
     ) -> Response<ProxyBody> {
         let snapshot = self.snapshot();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let view = RequestView {
             authority: &record.authority,
             path: parts.uri.path(),
@@ -318,15 +317,21 @@ impl Proxy {
                     return local_reply(StatusCode::NOT_FOUND, "no route");
                 }
             };
-        let cluster_key = match (destination, &record.service) {
-            (Some(d), _) => d.cluster.clone(),
-            (None, Some(service)) => crate::proxy::routes::ClusterKey {
-                service: service.clone(),
-                subset: None,
-            },
+        let service_key;
+        let cluster_key: &ClusterKey = match (destination, &record.service) {
+            (Some(d), _) => &d.cluster,
+            (None, Some(service)) => {
+                service_key = ClusterKey {
+                    service: service.clone(),
+                    subset: None,
+                };
+                &service_key
+            }
             (None, None) => return local_reply(StatusCode::NOT_FOUND, "no route"),
         };
-        record.service = Some(cluster_key.service.clone());
+        // Until a cluster is found, the metrics name the service from here; afterwards
+        // `finish` takes it from the cluster, without a copy on the common path.
+        let unserved = |record: &mut Record| record.service = Some(cluster_key.service.clone());
 
         let body = match Limited::new(body, self.options.max_body_bytes)
             .collect()
@@ -338,6 +343,7 @@ impl Proxy {
                 bytes
             }
             Err(error) => {
+                unserved(record);
                 if error.is::<http_body_util::LengthLimitError>() {
                     return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
                 }
@@ -360,6 +366,7 @@ impl Proxy {
             if let Some((status, percent)) = fault.abort {
                 if abort_draw < percent {
                     record.flag("FI");
+                    unserved(record);
                     let status =
                         StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                     return local_reply(status, "fault filter abort");
@@ -367,20 +374,43 @@ impl Proxy {
             }
         }
 
-        let Some(cluster) = snapshot.cluster(&cluster_key).cloned() else {
+        let Some(cluster) = snapshot.cluster(cluster_key).cloned() else {
             record.flag("NC");
+            unserved(record);
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no cluster");
         };
         record.cluster = Some(cluster.clone());
 
         let path_and_query = match route.and_then(|r| r.rewritten_path(block, parts.uri.path())) {
-            Some(path) => match parts.uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            },
+            Some(path) => {
+                let joined = match parts.uri.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                match PathAndQuery::try_from(joined) {
+                    Ok(pq) => pq,
+                    Err(_) => {
+                        return local_reply(StatusCode::BAD_REQUEST, "invalid rewritten path")
+                    }
+                }
+            }
             None => record.path.clone(),
         };
-        let mut headers = parts.headers.clone();
+        let mut set_cookie = None;
+        let affinity = match cluster
+            .hash_policy
+            .as_ref()
+            .and_then(|p| p.key(&parts.headers, parts.uri.query(), peer.ip()))
+        {
+            Some(key) => Some(key),
+            None => cluster.issued_cookie.as_ref().map(|cookie| {
+                let value = IssuedCookie::value(rand::rng().random::<u64>());
+                set_cookie = HeaderValue::from_str(&cookie.header(&value)).ok();
+                balance::hash_key(&value)
+            }),
+        };
+        // The request's own header map goes upstream: nothing else reads it from here on.
+        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         if let Some(route) = route {
             route.request_headers.apply(&mut headers);
@@ -413,14 +443,17 @@ impl Proxy {
             }
         }
 
-        let policy = route
-            .and_then(|r| r.retries.clone())
-            .or_else(|| snapshot.default_retry.clone())
-            .unwrap_or_else(RetryPolicy::off);
-        let affinity = cluster
-            .hash_policy
-            .as_ref()
-            .and_then(|p| p.key(&parts.headers, parts.uri.query(), peer.ip()));
+        let off;
+        let policy = match route
+            .and_then(|r| r.retries.as_ref())
+            .or(snapshot.default_retry.as_ref())
+        {
+            Some(policy) => policy,
+            None => {
+                off = RetryPolicy::off();
+                &off
+            }
+        };
         let upstream = Upstream {
             method: &parts.method,
             path_and_query: &path_and_query,
@@ -428,7 +461,7 @@ impl Proxy {
             body: &body,
             affinity,
         };
-        let forward = self.forward_with_retries(&cluster, &policy, &upstream, record);
+        let forward = self.forward_with_retries(&cluster, policy, &upstream, record);
         let mut response = match route.and_then(|r| r.timeout) {
             Some(timeout) => match tokio::time::timeout(timeout, forward).await {
                 Ok(response) => response,
@@ -446,6 +479,11 @@ impl Proxy {
         if let Some(d) = destination {
             d.response_headers.apply(response.headers_mut());
         }
+        if let Some(cookie) = set_cookie {
+            response
+                .headers_mut()
+                .append(http::header::SET_COOKIE, cookie);
+        }
         response
     }
 
@@ -456,7 +494,6 @@ impl Proxy {
         upstream: &Upstream<'_>,
         record: &mut Record,
     ) -> Response<ProxyBody> {
-        let cluster_name = cluster.key.to_string();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut _retry_slot = None;
         let mut try_number = 0u32;
@@ -480,7 +517,7 @@ impl Proxy {
             let pool_slot = match cluster.pool.admit().await {
                 Ok(slot) => slot,
                 Err(kind) => {
-                    self.count_overflow(&cluster_name, kind);
+                    self.count_overflow(&cluster.key.to_string(), kind);
                     record.flag("UO");
                     let mut response = local_reply(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error or disconnect/reset before headers. reset reason: overflow");
                     response
@@ -498,11 +535,11 @@ impl Proxy {
                 self.metrics
                     .ejections
                     .get_or_create(&EjectionLabels {
-                        cluster: cluster_name.clone(),
+                        cluster: cluster.key.to_string(),
                         endpoint: endpoint.info.address.to_string(),
                     })
                     .inc();
-                tracing::warn!(cluster = %cluster_name, endpoint = %endpoint.info.address, ?ejected_for, "outlier detection ejected an endpoint");
+                tracing::warn!(cluster = %cluster.key, endpoint = %endpoint.info.address, ?ejected_for, "outlier detection ejected an endpoint");
             }
 
             let mut retry = policy.allows_retry(try_number, outcome);
@@ -510,7 +547,7 @@ impl Proxy {
                 match cluster.pool.admit_retry() {
                     Ok(slot) => _retry_slot = Some(slot),
                     Err(kind) => {
-                        self.count_overflow(&cluster_name, kind);
+                        self.count_overflow(&cluster.key.to_string(), kind);
                         retry = false;
                     }
                 }
@@ -543,7 +580,7 @@ impl Proxy {
                 };
             }
             record.retries += 1;
-            ProxyMetrics::count_cluster(&self.metrics.retries, &cluster_name);
+            ProxyMetrics::count_cluster(&self.metrics.retries, &cluster.key.to_string());
             drop((response, pool_slot, in_flight));
             let delay = policy
                 .backoff
@@ -562,10 +599,7 @@ impl Proxy {
         policy: &RetryPolicy,
         upstream: &Upstream<'_>,
     ) -> (TryOutcome, Option<Response<Incoming>>) {
-        let uri = format!(
-            "http://{}{}",
-            endpoint.info.address, upstream.path_and_query
-        );
+        let uri = upstream_uri(endpoint, upstream.path_and_query);
         let mut builder = Request::builder().method(upstream.method.clone()).uri(uri);
         if let Some(headers) = builder.headers_mut() {
             *headers = upstream.headers.clone();
@@ -625,7 +659,7 @@ impl Proxy {
         snapshot: &Snapshot,
         mirror: &Mirror,
         method: &Method,
-        path_and_query: &str,
+        path_and_query: &PathAndQuery,
         headers: &HeaderMap,
         body: &Bytes,
         host: &str,
@@ -649,7 +683,7 @@ impl Proxy {
         if let Ok(value) = HeaderValue::from_str(&copy_host) {
             headers.insert(HOST, value);
         }
-        let uri = format!("http://{}{}", endpoint.info.address, path_and_query);
+        let uri = upstream_uri(&endpoint, path_and_query);
         let mut builder = Request::builder().method(method.clone()).uri(uri);
         if let Some(h) = builder.headers_mut() {
             *h = headers;
@@ -673,27 +707,64 @@ impl Proxy {
         });
     }
 
+    /// Records the request's count and duration and writes the access log line; returns
+    /// the metric handles so the body sizes land in the same series.
     fn finish(
         &self,
         record: &Record,
         response: &Response<ProxyBody>,
         started: Instant,
         peer: SocketAddr,
-    ) -> RequestLabels {
+    ) -> RequestHandles {
         let elapsed = started.elapsed();
         let status = response.status().as_u16();
-        let flags = record.flags();
-        let service = record.service.clone().unwrap_or_else(|| {
-            let host = crate::proxy::routes::host_without_port(&record.authority);
-            if host.is_empty() {
-                UNKNOWN.to_string()
-            } else {
-                host
+        let grpc = record.protocol == "HTTP/2" && is_grpc(response);
+        // With an endpoint, every label but code, protocol and flags is fixed by the
+        // endpoint (its service, its info) and this proxy, so the handles are cached on it.
+        let handles = match &record.endpoint {
+            Some(endpoint) => match endpoint.metric_handles.get(status, grpc, &record.flags) {
+                Some(handles) => handles,
+                None => {
+                    let handles = self.metrics.handles(&self.labels(record, status, grpc));
+                    endpoint.metric_handles.insert(
+                        HandleKey {
+                            response_code: status,
+                            grpc,
+                            flags: record.flags.clone(),
+                        },
+                        handles.clone(),
+                    );
+                    handles
+                }
+            },
+            None => self.metrics.handles(&self.labels(record, status, grpc)),
+        };
+        handles.requests.inc();
+        handles.duration_ms.observe(elapsed.as_secs_f64() * 1000.0);
+        if self.options.access_log {
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            let line = access_log_line(record, &now, status, elapsed, peer);
+            tracing::info!(target: "sluice::access", "{line}");
+        }
+        handles
+    }
+
+    fn labels(&self, record: &Record, status: u16, grpc: bool) -> RequestLabels {
+        let service = match (&record.cluster, &record.service) {
+            (Some(cluster), _) => cluster.key.service.clone(),
+            (None, Some(service)) => service.clone(),
+            (None, None) => {
+                let host = crate::proxy::routes::host_without_port(&record.authority);
+                if host.is_empty() {
+                    UNKNOWN.to_string()
+                } else {
+                    host
+                }
             }
-        });
+        };
         let (service_name, service_namespace) = split_service(&service);
         let endpoint = record.endpoint.as_ref().map(|e| &e.info);
-        let labels = RequestLabels {
+        RequestLabels {
             reporter: "source".into(),
             source_workload: self.settings_workload().to_string(),
             source_workload_namespace: self.settings.identity.namespace.clone(),
@@ -708,26 +779,11 @@ impl Proxy {
             destination_version: endpoint
                 .and_then(|e| e.labels.get("version").cloned())
                 .unwrap_or_else(|| UNKNOWN.into()),
-            request_protocol: if record.protocol == "HTTP/2" && is_grpc(response) {
-                "grpc".into()
-            } else {
-                "http".into()
-            },
+            request_protocol: if grpc { "grpc" } else { "http" }.into(),
             response_code: status.to_string(),
-            response_flags: flags.clone(),
+            response_flags: record.flags(),
             connection_security_policy: UNKNOWN.into(),
-        };
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics
-            .duration_ms
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64() * 1000.0);
-        if self.options.access_log {
-            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-            let line = access_log_line(record, &now, status, elapsed, peer);
-            tracing::info!(target: "sluice::access", "{line}");
         }
-        labels
     }
 
     fn settings_workload(&self) -> &str {
@@ -764,6 +820,24 @@ fn access_log_line(
     )
 }
 
+/// `http://ip:port/path?query` without formatting and re-parsing a string.
+fn upstream_uri(endpoint: &Endpoint, path_and_query: &PathAndQuery) -> Uri {
+    let built = endpoint.uri_authority.as_ref().and_then(|authority| {
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .ok()
+    });
+    match built {
+        Some(uri) => uri,
+        None => format!("http://{}{}", endpoint.info.address, path_and_query)
+            .parse()
+            .unwrap_or_default(),
+    }
+}
+
 fn is_grpc(response: &Response<ProxyBody>) -> bool {
     response
         .headers()
@@ -791,7 +865,7 @@ mod tests {
     fn access_log_line_names_flags() {
         let mut record = Record {
             method: Method::GET,
-            path: "/items".into(),
+            path: PathAndQuery::from_static("/items"),
             protocol: "HTTP/1.1",
             authority: "catalog".into(),
             service: None,
