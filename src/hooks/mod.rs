@@ -296,7 +296,8 @@ pub fn of_type(hooks: &[CanaryWebhook], kind: WebhookType) -> impl Iterator<Item
 }
 
 /// `err` and its causes joined with `: `, skipping repeats (hyper repeats its cause).
-fn error_chain(err: &dyn std::error::Error) -> String {
+/// Shared with the alert senders.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut parts: Vec<String> = vec![err.to_string()];
     let mut source = err.source();
     while let Some(cause) = source {
@@ -310,8 +311,8 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The start of a failing answer's body: enough for the message, without reading an
-/// arbitrarily large body.
-async fn body_prefix(mut response: reqwest::Response) -> String {
+/// arbitrarily large body. Shared with the alert senders.
+pub(crate) async fn body_prefix(mut response: reqwest::Response) -> String {
     let mut bytes = Vec::new();
     loop {
         match response.chunk().await {

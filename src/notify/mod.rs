@@ -17,9 +17,7 @@ use k8s_openapi::ByteString;
 use serde_json::{json, Value};
 
 use crate::api::{AlertProviderType, AlertSeverity};
-
-/// Most of a failing service's response body kept in the error.
-const BODY_LIMIT: usize = 200;
+use crate::hooks::{body_prefix, error_chain};
 
 /// What happened to a canary, ready to be rendered for any provider.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
@@ -304,47 +302,6 @@ fn redact(url: &str) -> String {
         shown.push_str("/…");
     }
     shown
-}
-
-/// `err` and its causes joined with `: `, skipping repeats.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut parts: Vec<String> = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        source = cause.source();
-    }
-    parts.join(": ")
-}
-
-/// The start of a failing answer's body: enough for the message, without reading an
-/// arbitrarily large body.
-async fn body_prefix(mut response: reqwest::Response) -> String {
-    let mut bytes = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                bytes.extend_from_slice(&chunk);
-                if bytes.len() >= BODY_LIMIT * 4 {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(err) if err.is_timeout() => return "(timed out reading the body)".to_string(),
-            Err(_) => return "(unreadable body)".to_string(),
-        }
-    }
-    truncate(String::from_utf8_lossy(&bytes).trim(), BODY_LIMIT)
-}
-
-fn truncate(text: &str, limit: usize) -> String {
-    match text.char_indices().nth(limit) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
 }
 
 #[cfg(test)]
