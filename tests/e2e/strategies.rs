@@ -109,6 +109,21 @@ fn serve(
     )
 }
 
+/// A new release of the demo app: its image tag changes.
+fn set_demo_image(ns: &str, tag: &str) {
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "set",
+            "image",
+            "deploy/catalog",
+            &format!("catalog=ghcr.io/sluice-dev/sluice-demo:{tag}"),
+        ],
+    );
+}
+
 fn ab_canary_yaml(ns: &str, hooks: &str) -> String {
     format!(
         r#"
@@ -158,17 +173,7 @@ fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
     });
     let router = router_address(ns);
 
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "set",
-            "image",
-            "deploy/catalog",
-            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
-        ],
-    );
+    set_demo_image(ns, "v2");
     // The gate is closed: Waiting, and the target stays scaled to zero.
     wait_for(ns, "phase Waiting", Duration::from_secs(60), || {
         (status_line(ns)?.0 == "Waiting").then_some(())
@@ -384,17 +389,7 @@ fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
         (status_line(ns)?.0 == "Initialized").then_some(())
     });
     let router = router_address(ns);
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "set",
-            "image",
-            "deploy/catalog",
-            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
-        ],
-    );
+    set_demo_image(ns, "v2");
     wait_for(
         ns,
         "the mirror on the route",
@@ -464,17 +459,7 @@ fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
     assert_eq!((ok, v2), (20, 20), "answers after promotion");
 
     // The next release: a rollback hook answering 200 aborts it.
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "set",
-            "image",
-            "deploy/catalog",
-            "catalog=ghcr.io/sluice-dev/sluice-demo:v3",
-        ],
-    );
+    set_demo_image(ns, "v3");
     wait_for(ns, "phase Progressing", Duration::from_secs(60), || {
         (status_line(ns)?.0 == "Progressing").then_some(())
     });
@@ -559,17 +544,7 @@ spec:
         (status_line(ns)?.0 == "Initialized").then_some(())
     });
     let router = router_address(ns);
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "set",
-            "image",
-            "deploy/catalog",
-            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
-        ],
-    );
+    set_demo_image(ns, "v2");
     // Held at weight 20 by the closed promotion gate.
     wait_for(
         ns,
@@ -800,17 +775,7 @@ spec:
 "#
     );
     apply_yaml(ns, &canary(&hooks));
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "set",
-            "image",
-            "deploy/catalog",
-            "catalog=ghcr.io/sluice-dev/sluice-demo:v2",
-        ],
-    );
+    set_demo_image(ns, "v2");
     wait_for(
         ns,
         "phase WaitingPromotion",
