@@ -109,6 +109,16 @@ fn serve(
     )
 }
 
+/// Waits until the Canary's status shows `phase`.
+fn wait_phase(ns: &str, phase: &str, secs: u64) {
+    wait_for(
+        ns,
+        &format!("phase {phase}"),
+        Duration::from_secs(secs),
+        || (status_line(ns)?.0 == phase).then_some(()),
+    );
+}
+
 /// A new release of the demo app: its image tag changes.
 fn set_demo_image(ns: &str, tag: &str) {
     must(
@@ -168,16 +178,12 @@ fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
     let ns = ns.0.as_str();
     apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
     apply_yaml(ns, &ab_canary_yaml(ns, &receiver.address));
-    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
-        (status_line(ns)?.0 == "Initialized").then_some(())
-    });
+    wait_phase(ns, "Initialized", 120);
     let router = router_address(ns);
 
     set_demo_image(ns, "v2");
     // The gate is closed: Waiting, and the target stays scaled to zero.
-    wait_for(ns, "phase Waiting", Duration::from_secs(60), || {
-        (status_line(ns)?.0 == "Waiting").then_some(())
-    });
+    wait_phase(ns, "Waiting", 60);
     std::thread::sleep(Duration::from_secs(4));
     let replicas = jsonpath(ns, "deploy/catalog", "{.spec.replicas}").unwrap_or_default();
     assert_eq!(
@@ -220,12 +226,7 @@ fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
             &format!("without the header {v2} of {ok} answers came from v2"),
         );
     }
-    wait_for(
-        ns,
-        "the release to succeed",
-        Duration::from_secs(120),
-        || (status_line(ns)?.0 == "Succeeded").then_some(()),
-    );
+    wait_phase(ns, "Succeeded", 120);
 
     let pre = receiver.bodies("/pre");
     assert_eq!(pre.len(), 1, "pre-rollout calls: {pre:?}");
@@ -385,9 +386,7 @@ fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
     let ns = ns.0.as_str();
     apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
     apply_yaml(ns, &blue_green_canary_yaml(ns, &receiver.address));
-    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
-        (status_line(ns)?.0 == "Initialized").then_some(())
-    });
+    wait_phase(ns, "Initialized", 120);
     let router = router_address(ns);
     set_demo_image(ns, "v2");
     wait_for(
@@ -433,21 +432,11 @@ fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
         },
     );
 
-    wait_for(
-        ns,
-        "phase WaitingPromotion",
-        Duration::from_secs(90),
-        || (status_line(ns)?.0 == "WaitingPromotion").then_some(()),
-    );
+    wait_phase(ns, "WaitingPromotion", 90);
     let (ok, v2) = count(&router, "catalog", "/items", None, "imageUrl", 20);
     assert_eq!((ok, v2), (20, 0), "answers while waiting for approval");
     receiver.gate_open.store(true, Ordering::SeqCst);
-    wait_for(
-        ns,
-        "the release to succeed",
-        Duration::from_secs(120),
-        || (status_line(ns)?.0 == "Succeeded").then_some(()),
-    );
+    wait_phase(ns, "Succeeded", 120);
     let events = events_of(ns);
     for wanted in [
         "waiting for promotion approval",
@@ -460,13 +449,9 @@ fn blue_green_mirrors_waits_for_approval_and_a_rollback_hook_aborts_the_next() {
 
     // The next release: a rollback hook answering 200 aborts it.
     set_demo_image(ns, "v3");
-    wait_for(ns, "phase Progressing", Duration::from_secs(60), || {
-        (status_line(ns)?.0 == "Progressing").then_some(())
-    });
+    wait_phase(ns, "Progressing", 60);
     receiver.rollback_open.store(true, Ordering::SeqCst);
-    wait_for(ns, "the rollback", Duration::from_secs(60), || {
-        (status_line(ns)?.0 == "Failed").then_some(())
-    });
+    wait_phase(ns, "Failed", 60);
     assert!(events_of(ns).contains("manual webhook invoked"));
     let image = jsonpath(
         ns,
@@ -540,18 +525,11 @@ spec:
             receiver.address
         ),
     );
-    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
-        (status_line(ns)?.0 == "Initialized").then_some(())
-    });
+    wait_phase(ns, "Initialized", 120);
     let router = router_address(ns);
     set_demo_image(ns, "v2");
     // Held at weight 20 by the closed promotion gate.
-    wait_for(
-        ns,
-        "phase WaitingPromotion",
-        Duration::from_secs(90),
-        || (status_line(ns)?.0 == "WaitingPromotion").then_some(()),
-    );
+    wait_phase(ns, "WaitingPromotion", 90);
     let cookie = wait_for(
         ns,
         "a canary answer with a cookie",
@@ -580,12 +558,7 @@ spec:
     }
 
     receiver.gate_open.store(true, Ordering::SeqCst);
-    wait_for(
-        ns,
-        "the release to succeed",
-        Duration::from_secs(120),
-        || (status_line(ns)?.0 == "Succeeded").then_some(()),
-    );
+    wait_phase(ns, "Succeeded", 120);
     let expired = wait_for(
         ns,
         "the cookie to be expired",
@@ -633,13 +606,9 @@ spec:
             receiver.address
         ),
     );
-    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
-        (status_line(ns)?.0 == "Initialized").then_some(())
-    });
+    wait_phase(ns, "Initialized", 120);
     apply_yaml(ns, &super::app_yaml(ns, "v2", "/"));
-    wait_for(ns, "phase Progressing", Duration::from_secs(60), || {
-        (status_line(ns)?.0 == "Progressing").then_some(())
-    });
+    wait_phase(ns, "Progressing", 60);
     // Held before the mirroring step by the closed gate.
     std::thread::sleep(Duration::from_secs(7));
     let held = vs_state(ns);
@@ -736,9 +705,7 @@ spec:
         )
     };
     apply_yaml(ns, &canary(""));
-    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
-        (status_line(ns)?.0 == "Initialized").then_some(())
-    });
+    wait_phase(ns, "Initialized", 120);
     let router = router_address(ns);
     must(
         ns,
@@ -806,12 +773,7 @@ spec:
         .output()
         .expect("curl runs");
     assert!(out.status.success(), "opening the gate failed");
-    wait_for(
-        ns,
-        "the release to succeed",
-        Duration::from_secs(120),
-        || (status_line(ns)?.0 == "Succeeded").then_some(()),
-    );
+    wait_phase(ns, "Succeeded", 120);
     let metrics = std::process::Command::new("curl")
         .args([
             "-s",
