@@ -12,3 +12,4 @@ pub mod plugin;
 pub mod proxy;
 pub mod rollout;
 pub mod router;
+pub mod shutdown;

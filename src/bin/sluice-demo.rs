@@ -85,11 +85,13 @@ async fn main() -> anyhow::Result<()> {
             .or_else(|| std::env::var(key).ok())
     })
     .context("invalid settings")?;
+    // Before the port opens: whoever sees it open may already send SIGTERM.
+    let stop = sluice::shutdown::signal();
     let handle = sluice::demo::spawn(config.clone()).await?;
     tracing::info!(addr = %handle.addr, name = %config.name, version = %config.version, "sluice-demo listening");
     tokio::select! {
         _ = handle.wait() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = stop => {}
     }
     Ok(())
 }

@@ -22,19 +22,6 @@ struct Args {
     listen: SocketAddr,
 }
 
-async fn signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(term) => { term.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -45,6 +32,8 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     let args = Args::parse();
+    // Before the port opens: whoever sees it open may already send SIGTERM.
+    let stop = sluice::shutdown::signal();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -56,7 +45,7 @@ async fn main() -> anyhow::Result<()> {
     // Commands and load stop first, so `bash` callers get their answer and the server
     // can finish its requests.
     tokio::spawn(async move {
-        signal().await;
+        stop.await;
         tracing::info!("shutting down");
         let left = stop_state.shutdown(SHUTDOWN_GRACE).await;
         if left > 0 {

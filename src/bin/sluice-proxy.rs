@@ -127,6 +127,8 @@ async fn main() -> anyhow::Result<()> {
         ),
     };
 
+    // Before the ports open: whoever sees them open may already send SIGTERM.
+    let stop = sluice::shutdown::signal();
     let traffic = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -152,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::select! {
         _ = sluice::proxy::server::serve(proxy, traffic) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = stop => tracing::info!("shutting down"),
     }
     Ok(())
 }

@@ -79,20 +79,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
 }
 
 async fn signal_shutdown(tx: watch::Sender<bool>) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    crate::shutdown::signal().await;
     tracing::info!("shutting down");
     let _ = tx.send(true);
 }
