@@ -24,7 +24,7 @@ spec:
     metadata: {labels: {app: app}}
     spec:
       containers:
-      - {name: app, image: sluice-test-http:latest, env: [{name: PORT, value: "8080"}, {name: V, value: "1"}]}
+      - {name: app, image: ghcr.io/sluice-dev/sluice-demo:v1, env: [{name: LISTEN, value: "0.0.0.0:8080"}, {name: V, value: "1"}]}
 ---
 apiVersion: sluice.dev/v1beta1
 kind: Canary

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # make demo: a full canary release on the local cluster, with live traffic.
 #
-# Builds the binaries, brings the local cluster up (hack/cluster.sh up), installs sluice
-# with its Helm chart, deploys the catalog app (v1) and a Canary with provider sluice in
-# namespace $DEMO_NS, then runs target/debug/sluice-demo-live: steady load through the
-# sluice-router, release v1 -> v2 (promoted) and a faulty v3 (rolled back), one line per
-# step. Leaves the cluster up. Re-running starts again from a fresh $DEMO_NS namespace.
+# Builds the images (make images), brings the local cluster up (hack/cluster.sh up) and
+# loads them into its node, installs sluice with its Helm chart, deploys the catalog app
+# (v1), webapp and a Canary with provider sluice in namespace $DEMO_NS, then runs
+# target/debug/sluice-demo-live: webapp calls http://catalog/items by name at a steady
+# rate (through cluster DNS, kube-proxy and the sluice-router), release v1 -> v2
+# (promoted) and a faulty v3 (rolled back), one line per step. Leaves the cluster up.
+# Re-running starts again from a fresh $DEMO_NS namespace.
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 DEMO_NS=${DEMO_NS:-demo}
@@ -22,29 +24,32 @@ hint() { echo "look at: kubectl -n $DEMO_NS get pods,canary; kubectl -n $DEMO_NS
 [ "$(id -u)" = 0 ] || die "the demo needs root (the local cluster gives each pod a network namespace)"
 rust_ensure
 
-stage "1/6 building sluice and the demo's live view (cargo build)"
-cargo build --locked --bins
+stage "1/6 building the images (make images), kubectl-sluice and the demo's live view"
+./hack/images.sh
+cargo build --locked --bin kubectl-sluice
 cargo build --locked -p xtask --bin sluice-demo-live
 HELM=$(./hack/ensure-helm.sh)
 
-stage "2/6 starting the local cluster (hack/cluster.sh up)"
+stage "2/6 starting the local cluster (hack/cluster.sh up) and loading the images"
 ./hack/cluster.sh up
+./hack/cluster.sh load-images
 eval "$(./hack/cluster.sh env)"
 
 stage "3/6 installing sluice with its Helm chart into sluice-system"
 bounded 60 "applying the CRDs" kubectl apply --server-side --force-conflicts \
   -f crds/ -f charts/sluice/istio-crds/ >/dev/null
-mtime=$(stat -c %Y target/debug/sluice-controller)
+controller_archive=$(awk '$2 ~ /\/sluice-controller:/ {print $1; exit}' target/images/index.txt)
+image_sum=$(sha256sum "target/images/$controller_archive" | cut -c1-16)
 reuse=()
-# Keep the values of an existing install (e.g. the e2e tests'): only a rebuilt binary
-# rolls the controller, as a new image would.
+# Keep the values of an existing install (e.g. the e2e tests'): only a rebuilt image
+# rolls the controller, as a new tag would.
 "$HELM" status sluice -n sluice-system >/dev/null 2>&1 && reuse=(--reuse-values)
 bounded 240 "helm upgrade --install sluice" "$HELM" upgrade --install sluice charts/sluice \
   -n sluice-system --create-namespace "${reuse[@]}" --set installCRDs=false \
-  --set-string "podAnnotations.sluice\.dev/binary-mtime=$mtime" --wait --timeout 180s >/dev/null
+  --set-string "podAnnotations.sluice\.dev/image-archive=$image_sum" --wait --timeout 180s >/dev/null
 bounded 120 "the controller rollout" kubectl -n sluice-system rollout status deploy/sluice-controller --timeout=110s >/dev/null
 
-stage "4/6 deploying the catalog app (v1) and its Canary in namespace $DEMO_NS"
+stage "4/6 deploying the catalog app (v1), webapp and the Canary in namespace $DEMO_NS"
 if kubectl get namespace "$DEMO_NS" >/dev/null 2>&1; then
   log "deleting the namespace $DEMO_NS of an earlier run"
   bounded 150 "deleting namespace $DEMO_NS" kubectl delete namespace "$DEMO_NS" --timeout=140s >/dev/null
@@ -70,6 +75,26 @@ spec:
         - {name: CATALOG, value: "true"}
         readinessProbe: {httpGet: {path: /healthz, port: 3000}, periodSeconds: 1}
 ---
+# webapp calls catalog by its Service name for every request it serves.
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: webapp, namespace: $DEMO_NS}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: webapp}}
+  template:
+    metadata: {labels: {app: webapp}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: webapp
+        image: ghcr.io/sluice-dev/sluice-demo:v1
+        env:
+        - {name: LISTEN, value: "0.0.0.0:8080"}
+        - {name: NAME, value: webapp}
+        - {name: UPSTREAM_URIS, value: "http://catalog/items"}
+        readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
+---
 apiVersion: sluice.dev/v1beta1
 kind: Canary
 metadata: {name: catalog-release, namespace: $DEMO_NS}
@@ -91,6 +116,7 @@ EOF
 bounded 150 "waiting for the Canary to be Initialized" \
   kubectl -n "$DEMO_NS" wait canary/catalog-release --for=jsonpath='{.status.phase}'=Initialized --timeout=140s >/dev/null
 bounded 100 "waiting for the sluice-router" kubectl -n "$DEMO_NS" rollout status deploy/sluice-router --timeout=90s >/dev/null
+bounded 100 "waiting for webapp" kubectl -n "$DEMO_NS" rollout status deploy/webapp --timeout=90s >/dev/null
 kubectl -n "$DEMO_NS" get canary,deploy
 
 stage "5/6 releasing with live traffic"
@@ -101,6 +127,7 @@ live=$(($(date +%s) - live_start))
 
 router_ip=$(kubectl -n "$DEMO_NS" get pods -l app.kubernetes.io/name=sluice-router \
   -o jsonpath='{.items[0].status.podIP}')
+webapp_ip=$(kubectl -n "$DEMO_NS" get pods -l app=webapp -o jsonpath='{.items[0].status.podIP}')
 stage "6/6 done: whole demo $(since), live part ${live} s"
 cat <<EOF
 
@@ -111,7 +138,7 @@ The cluster is still up. To look around:
   kubectl -n $DEMO_NS describe canary catalog-release      # one event per decision
   kubectl -n $DEMO_NS get virtualservice catalog -o yaml
   curl -s http://$router_ip:15000/config/routes             # the router's live routes
-  curl -s -H 'Host: catalog' http://$router_ip:15001/items  # the app, through the router
+  curl -s http://$webapp_ip:8080/                             # webapp, which calls http://catalog/items
   kubectl -n $DEMO_NS set env deploy/catalog ERROR_RATE-    # v3 without the fault: a new release
   kubectl -n $DEMO_NS get canary -w                         # ... followed step by step
   export PATH=$ROOT/target/debug:\$PATH                     # puts kubectl-sluice on PATH:

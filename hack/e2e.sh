@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end tests on the local cluster: brings it up if needed, builds the binaries
-# the pods run, and runs the ignored e2e tests one at a time.
+# End-to-end tests on the local cluster: builds the images (make images), brings the
+# cluster up if needed, loads the images into its node as `kind load` would, and runs
+# the ignored e2e tests one at a time.
 #
 # A test that fails is run once more on its own, and both results are printed: these
 # tests drive a whole cluster on 2 cores, and one slow moment must not hide the others'
@@ -12,9 +13,12 @@ if [ -z "${SLUICE_E2E_LOCKED:-}" ]; then
   # -o: the cluster daemons this run may start must not inherit (and keep) the lock.
   exec env SLUICE_E2E_LOCKED=1 flock -o /tmp/sluice-e2e.lock "$0" "$@"
 fi
+./hack/images.sh
 ./hack/cluster.sh up
+./hack/cluster.sh load-images
 eval "$(./hack/cluster.sh env)"
 ./hack/ensure-helm.sh >/dev/null
+# kubectl-sluice and `sluice-controller --print-router-manifest` run on the host.
 cargo build --locked --bins
 out=$(mktemp); trap 'rm -f "$out"' EXIT
 if cargo test --locked --test e2e -- --ignored --test-threads=1 "$@" 2>&1 | tee "$out"; then

@@ -21,6 +21,7 @@ step "install Prometheus" ./hack/ensure-prometheus.sh
 # In CI a missing Prometheus fails the analysis tests instead of skipping them.
 if [ -n "${CI:-}" ]; then export SLUICE_REQUIRE_PROMETHEUS=1; fi
 step "cargo test" cargo test --workspace --locked
+step "container images" ./hack/images.sh
 step "local cluster smoke test" ./hack/cluster/smoke-test.sh
 step "end-to-end releases" ./hack/e2e.sh
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and kube-scheduler from upstream's
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy from upstream's
 # published Go modules (prebuilt binaries cannot be downloaded here) into
 # $SLUICE_CACHE/k8s-<version>/bin/. Rebuilds only binaries that are missing.
 #
@@ -9,7 +9,7 @@
 source "$(dirname "$0")/../lib.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 [[ $K8S_VERSION =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "K8S_VERSION must look like v1.34.4, got '$K8S_VERSION'"
 k8s_minor=${BASH_REMATCH[1]}

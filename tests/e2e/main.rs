@@ -2,6 +2,7 @@
 //! and run from `hack/e2e.sh` (ignored by a plain `cargo test`):
 //!   cargo test --test e2e -- --ignored --test-threads=1
 
+mod catalog;
 mod plugin;
 mod strategies;
 mod support;
@@ -59,11 +60,11 @@ fn install_controller() {
                 "leaseSeconds=6",
                 "--set-string",
                 "log.level=info\\,sluice=debug",
-                // A rebuilt controller binary rolls the pod, as a new image would.
+                // A rebuilt image under the same tag rolls the pod, as a new tag would.
                 "--set-string",
                 &format!(
-                    "podAnnotations.sluice\\.dev/binary-mtime={}",
-                    binary_mtime("sluice-controller")
+                    "podAnnotations.sluice\\.dev/image-archive={}",
+                    image_archive_sum("sluice-controller")
                 ),
                 "--wait",
                 "--timeout",
@@ -86,16 +87,29 @@ fn install_controller() {
     });
 }
 
-fn binary_mtime(name: &str) -> u64 {
-    std::fs::metadata(root().join("target/debug").join(name))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+/// A short content hash of the image archive `make images` wrote for `binary`.
+fn image_archive_sum(binary: &str) -> String {
+    let index = std::fs::read_to_string(root().join("target/images/index.txt"))
+        .expect("target/images/index.txt: run make images (hack/e2e.sh does)");
+    let file = index
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .find(|(_, reference)| reference.contains(&format!("/{binary}:")))
+        .map(|(file, _)| file.to_string())
+        .unwrap_or_else(|| panic!("no image of {binary} in target/images/index.txt"));
+    let out = std::process::Command::new("sha256sum")
+        .arg(root().join("target/images").join(file))
+        .output()
+        .expect("sha256sum runs");
+    String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(16)
+        .collect()
 }
 
-fn app_yaml(ns: &str, version: &str, ready_path: &str) -> String {
+/// The catalog app; `ready: false` gives pods whose readiness probe never passes.
+fn app_yaml(ns: &str, version: &str, ready: bool) -> String {
+    let ready_port = if ready { 3000 } else { 3999 };
     format!(
         r#"
 apiVersion: v1
@@ -115,12 +129,12 @@ spec:
       terminationGracePeriodSeconds: 2
       containers:
       - name: catalog
-        image: sluice-test-http:latest
+        image: ghcr.io/sluice-dev/sluice-demo:v1
         env:
-        - {{name: PORT, value: "3000"}}
+        - {{name: LISTEN, value: "0.0.0.0:3000"}}
         - {{name: VERSION, value: {version}}}
         - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: catalog-settings, key: greeting}}}}}}
-        readinessProbe: {{httpGet: {{path: "{ready_path}", port: 3000}}, periodSeconds: 1}}
+        readinessProbe: {{httpGet: {{path: /healthz, port: {ready_port}}}, periodSeconds: 1}}
 "#
     )
 }
@@ -205,7 +219,7 @@ fn follow_release(ns: &str, timeout: Duration) -> Vec<(String, i32)> {
 }
 
 fn initialize(ns: &str, interval: &str, deadline: u32) {
-    apply_yaml(ns, &app_yaml(ns, "v1", "/"));
+    apply_yaml(ns, &app_yaml(ns, "v1", true));
     apply_yaml(ns, &canary_yaml(ns, interval, deadline));
     wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
         (status_line(ns)?.0 == "Initialized").then_some(())
@@ -340,7 +354,7 @@ fn release_promotes_step_by_step_then_a_broken_version_rolls_back() {
     }
 
     // v3 never becomes ready: rolled back at the progress deadline, primary untouched.
-    apply_yaml(ns, &app_yaml(ns, "v3", "/not-found"));
+    apply_yaml(ns, &app_yaml(ns, "v3", false));
     let seen = follow_release(ns, Duration::from_secs(120));
     assert_eq!(seen.first().map(|s| s.0.as_str()), Some("Progressing"));
     assert_eq!(
@@ -455,7 +469,7 @@ fn bad_specs_are_rejected_or_reported() {
     );
 
     // The controller reports what only it can check, naming the field.
-    apply_yaml(ns, &app_yaml(ns, "v1", "/"));
+    apply_yaml(ns, &app_yaml(ns, "v1", true));
     apply_yaml(
         ns,
         &canary_yaml(ns, "3s", 30).replace("    stepWeight: 10\n", "    stepWeights: [20, 10]\n"),
@@ -640,30 +654,8 @@ fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metr
     if phases.last().map(|p| p.0.as_str()) != Some("Succeeded") {
         fail(ns, &format!("release did not succeed: {phases:?}"));
     }
-    let split = measured_split(&steps, &load.samples(), Duration::from_millis(1500));
-    eprintln!("measured split (weight, v2 %, requests): {split:?}");
-    let weights: Vec<i32> = split.iter().map(|s| s.0).collect();
-    assert_eq!(weights, vec![10, 20, 30, 40, 50], "{phases:?}");
-    for (weight, share, n) in &split {
-        let tol = tolerance(*weight, *n);
-        if *n < 50 || (share - *weight as f64).abs() > tol {
-            fail(
-                ns,
-                &format!(
-                    "at weight {weight}: {share:.1}% v2 over {n} requests (tolerance {tol:.1})"
-                ),
-            );
-        }
-    }
-    // Promoted: everything answered by v2 now.
-    std::thread::sleep(Duration::from_secs(3));
-    let after: Vec<Sample> = load.samples().into_iter().rev().take(100).collect();
-    if after.iter().filter(|s| s.v2).count() < 95 {
-        fail(
-            ns,
-            "after promotion fewer than 95 of the last 100 answers came from v2",
-        );
-    }
+    check_split(ns, &steps, &load.samples(), "the answers");
+    check_promoted(ns, &load, "the answers");
     let analysis =
         jsonpath(ns, "canary/catalog-release", "{.status.lastAnalysis}").unwrap_or_default();
     assert!(analysis.contains("request-success-rate"), "{analysis}");
@@ -809,7 +801,10 @@ fn router_enforces_plain_istio_objects() {
             "--print-router-manifest",
             ns,
             "--proxy-image",
-            "ghcr.io/sluice-dev/sluice-proxy:e2e",
+            &format!(
+                "ghcr.io/sluice-dev/sluice-proxy:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
         ])
         .output()
         .expect("sluice-controller runs");

@@ -227,7 +227,7 @@ fn plugin_steers_releases() {
     assert_eq!(primary_version(ns).as_deref(), Some("v3"));
 
     // A target that never becomes ready, aborted: the deployment's own state is shown.
-    apply_yaml(ns, &app_yaml(ns, "v4", "/not-found"));
+    apply_yaml(ns, &app_yaml(ns, "v4", false));
     wait_for(ns, "v4 to start", Duration::from_secs(60), || {
         (status_line(ns)?.0 == "Progressing").then_some(())
     });

@@ -580,7 +580,7 @@ fn canary_mirrors_first_and_moves_back_to_the_primary_step_by_step() {
     let receiver = Receiver::start();
     let ns = TestNamespace::create("e2e-mirror");
     let ns = ns.0.as_str();
-    apply_yaml(ns, &super::app_yaml(ns, "v1", "/"));
+    apply_yaml(ns, &super::app_yaml(ns, "v1", true));
     apply_yaml(
         ns,
         &format!(
@@ -607,7 +607,7 @@ spec:
         ),
     );
     wait_phase(ns, "Initialized", 120);
-    apply_yaml(ns, &super::app_yaml(ns, "v2", "/"));
+    apply_yaml(ns, &super::app_yaml(ns, "v2", true));
     wait_phase(ns, "Progressing", 60);
     // Held before the mirroring step by the closed gate.
     std::thread::sleep(Duration::from_secs(7));
@@ -661,6 +661,7 @@ fn load_tester_generates_the_analysis_traffic_and_gates_the_promotion() {
     install_controller();
     let ns = TestNamespace::create("e2e-loadtester");
     let ns = ns.0.as_str();
+    let tag = env!("CARGO_PKG_VERSION");
     apply_yaml(
         ns,
         &format!(
@@ -676,7 +677,7 @@ spec:
     spec:
       containers:
       - name: loadtester
-        image: ghcr.io/sluice-dev/sluice-loadtester:e2e
+        image: ghcr.io/sluice-dev/sluice-loadtester:{tag}
         env: [{{name: LISTEN, value: "0.0.0.0:8080"}}]
         readinessProbe: {{httpGet: {{path: /healthz, port: 8080}}, periodSeconds: 1}}
 "#

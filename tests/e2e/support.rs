@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+const CONTROLLER_NAMESPACE: &str = "sluice-system";
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -143,17 +145,23 @@ pub fn fail(ns: &str, message: &str) -> ! {
             }
         }
     }
-    let logs = root().join(".cluster/logs/pods");
-    if let Ok(entries) = std::fs::read_dir(&logs) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("sluice-system_") || name.starts_with(&format!("{ns}_")) {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                eprintln!("\n--- log {name} (last 40 lines)");
-                for line in tail.into_iter().rev() {
-                    eprintln!("{line}");
-                }
+    // Each container's last lines, through the kubelet, as a user would read them.
+    for namespace in [CONTROLLER_NAMESPACE, ns] {
+        let pods = kubectl(&["-n", namespace, "get", "pods", "-o", "name"]).unwrap_or_default();
+        for pod in pods.lines() {
+            let args = [
+                "-n",
+                namespace,
+                "logs",
+                pod,
+                "--all-containers",
+                "--prefix",
+                "--tail=40",
+            ];
+            eprintln!("\n--- kubectl {}", args.join(" "));
+            match kubectl(&args) {
+                Ok(out) => eprintln!("{out}"),
+                Err(err) => eprintln!("{err}"),
             }
         }
     }

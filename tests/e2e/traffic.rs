@@ -1,5 +1,6 @@
-//! Real traffic for end-to-end releases: a bounded load loop against the sluice-router pod
-//! (by pod IP, with the Host of the service), and the status timeline to split it by step.
+//! Real traffic for end-to-end releases: a bounded load loop from the host against a pod
+//! IP (the sluice-router with the Host of the service, or a client pod such as webapp that
+//! calls the service by name), and the status timeline to split it by step.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,44 @@ pub struct Sample {
     pub at: Instant,
     pub ok: bool,
     pub v2: bool,
+}
+
+/// How an answer is judged.
+#[derive(Clone, Copy, Debug)]
+pub enum Judge {
+    /// Served by the service itself: a 2xx, from the new version when it holds the marker.
+    Direct(&'static str),
+    /// A sluice-demo client's answer embedding its upstream call (`upstream_calls[0]`): that
+    /// call's status decides, and the marker in it means the new version.
+    Upstream(&'static str),
+}
+
+impl Judge {
+    fn sample(self, status: u16, body: &str) -> Sample {
+        let at = Instant::now();
+        match self {
+            Judge::Direct(marker) => {
+                let ok = (200..300).contains(&status);
+                Sample {
+                    at,
+                    ok,
+                    v2: ok && body.contains(marker),
+                }
+            }
+            Judge::Upstream(marker) => {
+                let call = serde_json::from_str::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| v.get("upstream_calls")?.get(0).cloned());
+                let code = call
+                    .as_ref()
+                    .and_then(|c| c.get("code")?.as_i64())
+                    .unwrap_or(-1);
+                let ok = (200..300).contains(&status) && (200..300).contains(&code);
+                let v2 = ok && call.is_some_and(|c| c.to_string().contains(marker));
+                Sample { at, ok, v2 }
+            }
+        }
+    }
 }
 
 pub struct Load {
@@ -29,6 +68,17 @@ impl Load {
         host: &str,
         path: &str,
         marker: &'static str,
+        workers: usize,
+        limit: Duration,
+    ) -> Load {
+        Load::judged(addr, host, path, Judge::Direct(marker), workers, limit)
+    }
+
+    pub fn judged(
+        addr: String,
+        host: &str,
+        path: &str,
+        judge: Judge,
         workers: usize,
         limit: Duration,
     ) -> Load {
@@ -62,13 +112,9 @@ impl Load {
                             let res = client.get(&url).header("host", &host).send().await;
                             let sample = match res {
                                 Ok(r) => {
-                                    let ok = r.status().is_success();
+                                    let status = r.status().as_u16();
                                     let body = r.text().await.unwrap_or_default();
-                                    Sample {
-                                        at: Instant::now(),
-                                        ok,
-                                        v2: ok && body.contains(marker),
-                                    }
+                                    judge.sample(status, &body)
                                 }
                                 Err(_) => Sample {
                                     at: Instant::now(),
@@ -219,4 +265,39 @@ pub fn count(
         }
         (ok, hits)
     })
+}
+
+/// Fails the test unless a release stepped 10, 20, 30, 40, 50 and the share of v2 that
+/// `who` measured at each step is within the tolerance of the weight.
+pub fn check_split(ns: &str, steps: &[Step], samples: &[Sample], who: &str) {
+    let split = measured_split(steps, samples, Duration::from_millis(1500));
+    eprintln!("{who}, measured split (weight, v2 %, requests): {split:?}");
+    let weights: Vec<i32> = split.iter().map(|s| s.0).collect();
+    if weights != [10, 20, 30, 40, 50] {
+        fail(ns, &format!("steps {weights:?}, not 10 to 50: {steps:?}"));
+    }
+    for (weight, share, n) in &split {
+        let tol = tolerance(*weight, *n);
+        if *n < 50 || (share - *weight as f64).abs() > tol {
+            fail(
+                ns,
+                &format!(
+                    "at weight {weight}: {share:.1}% of {who} reached v2 over {n} (tolerance {tol:.1})"
+                ),
+            );
+        }
+    }
+}
+
+/// Fails the test unless (3 s after promotion) at least 95 of the last 100 answers came
+/// from v2.
+pub fn check_promoted(ns: &str, load: &Load, who: &str) {
+    std::thread::sleep(Duration::from_secs(3));
+    let last: Vec<Sample> = load.samples().into_iter().rev().take(100).collect();
+    if last.iter().filter(|s| s.v2).count() < 95 {
+        fail(
+            ns,
+            &format!("after promotion fewer than 95 of the last 100 of {who} came from v2"),
+        );
+    }
 }

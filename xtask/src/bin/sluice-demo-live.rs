@@ -1,10 +1,13 @@
 //! sluice-demo-live: the live part of `make demo`. `hack/demo.sh` builds everything,
-//! starts the local cluster, installs sluice and the demo app; this program then sends
-//! steady traffic through the sluice-router (by its pod IP, `Host: catalog`), releases v2
-//! and a faulty v3, and prints one line per release step with what the users measured.
+//! starts the local cluster, installs sluice and the demo app; this program then keeps
+//! webapp calling `http://catalog/items` at a steady rate (webapp, a pod, calls catalog by
+//! its Service name: cluster DNS, kube-proxy, the apex Service, the sluice-router),
+//! releases v2 and a faulty v3, and prints one line per release step with what webapp's
+//! calls saw.
 //!
-//! Traffic goes only to the router pod's IP in the pod network (10.244.0.0/16): port
-//! 15001 for requests, port 15000 (admin) for the router's own request counters.
+//! Traffic goes only to pod IPs in the pod network (10.244.0.0/16): webapp's port 8080,
+//! whose answer embeds its call to catalog, and the router's admin port 15000 for its
+//! own request counters.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -31,10 +34,12 @@ struct Args {
     deployment: String,
     #[arg(long, default_value = "catalog")]
     container: String,
-    /// Host header of the requests (the Canary's service).
-    #[arg(long, default_value = "catalog")]
-    host: String,
-    #[arg(long, default_value = "/items")]
+    /// The client Deployment whose pods call the Canary's service by name.
+    #[arg(long, default_value = "webapp")]
+    client: String,
+    #[arg(long, default_value_t = 8080)]
+    client_port: u16,
+    #[arg(long, default_value = "/")]
     path: String,
     /// Image repository of the demo app; the releases use tags v2 and v3.
     #[arg(long, default_value = "ghcr.io/sluice-dev/sluice-demo")]
@@ -67,6 +72,25 @@ enum Answer {
     Error,
     /// No answer within the client's timeout (2 s), or no connection.
     Silent,
+}
+
+impl Answer {
+    /// Judges webapp's answer by the call to catalog that it embeds (`upstream_calls[0]`:
+    /// its status, or -1 when webapp got no answer).
+    fn of_client(body: &str) -> Answer {
+        let call = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("upstream_calls")?.get(0).cloned());
+        let Some(call) = call else {
+            return Answer::Error;
+        };
+        match call.get("code").and_then(|c| c.as_i64()) {
+            Some(200..=299) if call.to_string().contains("imageUrl") => Answer::New,
+            Some(200..=299) => Answer::Old,
+            Some(-1) | None => Answer::Silent,
+            Some(_) => Answer::Error,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -130,24 +154,23 @@ struct Load {
 }
 
 impl Load {
-    fn start(client: reqwest::Client, url: String, host: String, rate: u32, workers: u32) -> Load {
+    fn start(client: reqwest::Client, url: String, rate: u32, workers: u32) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let limit = Instant::now() + Duration::from_secs(20 * 60);
         let period = Duration::from_secs_f64(f64::from(workers.max(1)) / f64::from(rate.max(1)));
         let tasks = (0..workers.max(1))
             .map(|_| {
-                let (client, url, host) = (client.clone(), url.clone(), host.clone());
+                let (client, url) = (client.clone(), url.clone());
                 let (stop, samples) = (stop.clone(), samples.clone());
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(period);
                     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
                         tick.tick().await;
-                        let answer = match client.get(&url).header("host", &host).send().await {
+                        let answer = match client.get(&url).send().await {
                             Ok(r) if r.status().is_success() => match r.text().await {
-                                Ok(body) if body.contains("imageUrl") => Answer::New,
-                                Ok(_) => Answer::Old,
+                                Ok(body) => Answer::of_client(&body),
                                 Err(_) => Answer::Silent,
                             },
                             Ok(r) => {
@@ -426,7 +449,7 @@ impl Demo {
         mmss(self.started.elapsed())
     }
 
-    /// Waits until the router answers with a 2xx (it may not have the routes yet).
+    /// Waits until webapp's calls reach catalog (the router may not have the routes yet).
     async fn wait_for_answers(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -438,12 +461,13 @@ impl Demo {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the router at {}:15001 gave no successful answer for {} within 60 s \
+                    "{}'s calls to catalog gave no successful answer within 60 s \
                      ({} requests in the last second, all failed); see \
-                     `kubectl -n {} logs deploy/sluice-router`",
-                    self.router_ip,
-                    self.args.host,
+                     `kubectl -n {} logs deploy/{}` and `kubectl -n {} logs deploy/sluice-router`",
+                    self.args.client,
                     t.total,
+                    self.args.namespace,
+                    self.args.client,
                     self.args.namespace
                 );
             }
@@ -663,19 +687,20 @@ fn shell_quote(word: &str) -> String {
     }
 }
 
-fn router_ip_ok(ip: Ipv4Addr) -> bool {
+fn pod_ip_ok(ip: Ipv4Addr) -> bool {
     let o = ip.octets();
     o[0] == 10 && o[1] == 244 && ip != Ipv4Addr::new(10, 244, 0, 1)
 }
 
-async fn router_ip(client: &Client, ns: &str) -> Result<Ipv4Addr> {
+/// The IP of a ready pod matching `selector`, checked to be in the pod network.
+async fn pod_ip(client: &Client, ns: &str, selector: &str, what: &str) -> Result<Ipv4Addr> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let list = pods
-            .list(&ListParams::default().labels("app.kubernetes.io/name=sluice-router"))
+            .list(&ListParams::default().labels(selector))
             .await
-            .context("listing the sluice-router pods")?;
+            .with_context(|| format!("listing the {what} pods"))?;
         for pod in list.items {
             let Some(status) = pod.status else { continue };
             let ready = status
@@ -685,14 +710,16 @@ async fn router_ip(client: &Client, ns: &str) -> Result<Ipv4Addr> {
                 .any(|c| c.type_ == "Ready" && c.status == "True");
             let ip = status.pod_ip.and_then(|ip| ip.parse::<Ipv4Addr>().ok());
             if let (true, Some(ip)) = (ready, ip) {
-                if !router_ip_ok(ip) {
-                    bail!("the sluice-router pod has IP {ip}, outside the pod network 10.244.0.0/16; not sending traffic there");
+                if !pod_ip_ok(ip) {
+                    bail!("the {what} pod has IP {ip}, outside the pod network 10.244.0.0/16; not sending traffic there");
                 }
                 return Ok(ip);
             }
         }
         if Instant::now() > deadline {
-            bail!("no ready sluice-router pod in namespace {ns} within 90 s; see `kubectl -n {ns} get pods`");
+            bail!(
+                "no ready {what} pod in namespace {ns} within 90 s; see `kubectl -n {ns} get pods`"
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -706,25 +733,29 @@ async fn main() -> Result<()> {
         .await
         .context("connecting to the cluster (KUBECONFIG)")?;
     let ns = args.namespace.clone();
-    let router_ip = router_ip(&client, &ns).await?;
-    // No proxy from the environment: requests go straight to the router pod.
+    let router_ip = pod_ip(
+        &client,
+        &ns,
+        "app.kubernetes.io/name=sluice-router",
+        "sluice-router",
+    )
+    .await?;
+    let client_ip = pod_ip(&client, &ns, &format!("app={}", args.client), &args.client).await?;
+    // No proxy from the environment: requests go straight to the pods.
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(2))
         .build()?;
-    let url = format!("http://{router_ip}:15001{}", args.path);
+    let url = format!("http://{client_ip}:{}{}", args.client_port, args.path);
     println!(
-        "Load: {} requests/s, GET {url} with Host: {} (the sluice-router pod; it routes by the",
-        args.rate, args.host
+        "Load: {} requests/s to {} ({url}), which calls http://catalog/items for each: by the",
+        args.rate, args.client
     );
-    println!("VirtualService that the controller writes). An answer with `imageUrl` comes from v2 or later.");
-    let load = Load::start(
-        http.clone(),
-        url,
-        args.host.clone(),
-        args.rate,
-        args.workers,
+    println!(
+        "Service name, through cluster DNS, kube-proxy and the sluice-router, which routes by the"
     );
+    println!("VirtualService that the controller writes. An answer with `imageUrl` comes from v2 or later.");
+    let load = Load::start(http.clone(), url, args.rate, args.workers);
     let demo = Demo {
         args,
         client,
@@ -939,10 +970,32 @@ istio_request_duration_milliseconds_count{destination_workload="catalog"} 11
 
     #[test]
     fn only_pod_network_addresses() {
-        assert!(router_ip_ok(Ipv4Addr::new(10, 244, 0, 7)));
-        assert!(!router_ip_ok(Ipv4Addr::new(10, 244, 0, 1)));
-        assert!(!router_ip_ok(Ipv4Addr::new(10, 96, 0, 10)));
-        assert!(!router_ip_ok(Ipv4Addr::new(127, 0, 0, 1)));
+        assert!(pod_ip_ok(Ipv4Addr::new(10, 244, 0, 7)));
+        assert!(!pod_ip_ok(Ipv4Addr::new(10, 244, 0, 1)));
+        assert!(!pod_ip_ok(Ipv4Addr::new(10, 96, 0, 10)));
+        assert!(!pod_ip_ok(Ipv4Addr::new(127, 0, 0, 1)));
+    }
+
+    #[test]
+    fn client_answers_are_judged_by_their_upstream_call() {
+        let call = |c: &str| format!(r#"{{"name":"webapp","upstream_calls":[{c}]}}"#);
+        let cases = [
+            (call(r#"{"code":200,"response":[{"id":1}]}"#), Answer::Old),
+            (
+                call(r#"{"code":200,"response":[{"id":1,"imageUrl":"/a.png"}]}"#),
+                Answer::New,
+            ),
+            (
+                call(r#"{"code":500,"response":{"error":"injected error"}}"#),
+                Answer::Error,
+            ),
+            (call(r#"{"code":-1,"error":"timeout"}"#), Answer::Silent),
+            (r#"{"name":"webapp"}"#.to_string(), Answer::Error),
+            ("not json".to_string(), Answer::Error),
+        ];
+        for (body, want) in cases {
+            assert_eq!(Answer::of_client(&body), want, "{body}");
+        }
     }
 
     #[test]
