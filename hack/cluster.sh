@@ -2,7 +2,7 @@
 # A real local Kubernetes cluster on this machine: etcd, kube-apiserver,
 # controller-manager and scheduler, one node (containerd + kubelet + kube-proxy, CNI
 # bridge), CoreDNS, and Prometheus. See docs/local-cluster.md.
-#   hack/cluster.sh up|down|status|reset|env|load-images [ARCHIVE...]
+#   hack/cluster.sh prepare|up|down|status|reset|env|load-images [ARCHIVE...]
 source "$(dirname "$0")/lib.sh"
 
 K8S_VERSION=${K8S_VERSION:-v1.34.4}
@@ -572,12 +572,17 @@ scrape_configs:
 PROM
 }
 
-cmd_up() {
-  local t0=$SECONDS
+# Installs and builds what the cluster runs; changes nothing on the host's network.
+cmd_prepare() {
   ensure_tools
   "$ROOT/hack/cluster/build-k8s.sh"
   "$ROOT/hack/cluster/build-node.sh"
   "$ROOT/hack/cluster/build-prometheus.sh"
+}
+
+cmd_up() {
+  local t0=$SECONDS
+  cmd_prepare
   mkdir -p "$PIDS" "$LOGS" "$STATE/etcd"
   check_ports
   running kubelet || check_pod_cidr
@@ -788,11 +793,12 @@ cmd_env() {
 }
 
 case "${1:-}" in
+  prepare) cmd_prepare ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   reset) cmd_down; log "removing $STATE"; rm -rf "$STATE" ;;
   env) cmd_env ;;
   load-images) shift; cmd_load_images "$@" ;;
-  *) die "usage: hack/cluster.sh up|down|status|reset|env|load-images [ARCHIVE...]" ;;
+  *) die "usage: hack/cluster.sh prepare|up|down|status|reset|env|load-images [ARCHIVE...]" ;;
 esac

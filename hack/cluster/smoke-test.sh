@@ -39,7 +39,13 @@ host_snapshot() (
   awk -v p="$STATE" 'index($5, p) == 1 {print "mount " $5}' /proc/self/mountinfo | sort
   ps -eo comm= | grep -E '^(containerd|kubelet|kube-|etcd|pause|sluice-|coredns|prometheus)' | sed 's/^/process /' | sort -u
 )
-$was_up || host_snapshot >"/tmp/sluice-smoke-host-before.$$"
+if ! $was_up; then
+  # Installed first, so packages and kernel modules are not counted as our leftovers;
+  # `down` then clears anything an interrupted earlier run left (it is idempotent).
+  "$CLUSTER" prepare
+  "$CLUSTER" down >/dev/null
+  host_snapshot >"/tmp/sluice-smoke-host-before.$$"
+fi
 
 cleanup() {
   local rc=$?
