@@ -484,6 +484,136 @@ async fn routing_deeper_in_the_call_graph_by_source_labels() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_matches_source_labels_against_the_calling_pod() {
+    let v1 = demo("catalog", "v1", |c| c.catalog = true).await;
+    let v2 = demo("catalog", "v2", |c| c.catalog = true).await;
+    let routes = r#"    - match:
+      - sourceLabels: {app: webapp}
+      route:
+      - destination: {host: catalog, subset: version-v2}
+    - match:
+      - sourceNamespace: istioinaction
+        sourceLabels: {app: reviews}
+      route:
+      - destination: {host: catalog, subset: version-v2}
+    - route:
+      - destination: {host: catalog, subset: version-v1}"#;
+    // Callers as the router learns them from the pods of its namespace; 127.0.0.x stand
+    // for pod IPs.
+    let yaml = format!(
+        "{}callers:\n- {{address: 127.0.0.2, labels: {{app: webapp}}}}\n- {{address: 127.0.0.3, labels: {{app: other}}}}\n- {{address: 127.0.0.5, namespace: istioinaction, labels: {{app: reviews}}}}\n",
+        catalog_yaml(v1.addr, v2.addr, routes)
+    );
+    let mut router_settings = settings("istioinaction", false);
+    router_settings.router = true;
+    let router = start_proxy(&yaml, router_settings).await;
+    for (caller, expect_v2, who) in [
+        ([127, 0, 0, 2], true, "webapp"),
+        ([127, 0, 0, 3], false, "a pod without the label"),
+        ([127, 0, 0, 4], false, "an address that is no known pod"),
+        ([127, 0, 0, 5], true, "reviews, by namespace and labels"),
+    ] {
+        let client = HttpClient::from_address(std::net::IpAddr::from(caller));
+        for _ in 0..20 {
+            let reply = client.get(router.addr, "catalog", "/items", &[]).await;
+            assert_eq!(reply.status, 200, "{who}: {reply:?}");
+            assert_eq!(
+                reply.body.contains("imageUrl"),
+                expect_v2,
+                "{who}: {reply:?}"
+            );
+        }
+    }
+
+    let known = HttpClient::default()
+        .admin(&router, "/config/callers")
+        .await
+        .json();
+    assert_eq!(known[0]["address"], "127.0.0.2", "{known}");
+    assert_eq!(known[0]["labels"]["app"], "webapp", "{known}");
+    assert_eq!(known.as_array().map(Vec::len), Some(3), "{known}");
+
+    // A sidecar (not a router) ignores `callers`: it is its own identity, without labels.
+    let sidecar = start_proxy(&yaml, settings("istioinaction", false)).await;
+    let client = HttpClient::from_address([127, 0, 0, 2].into());
+    let reply = client.get(sidecar.addr, "catalog", "/items", &[]).await;
+    assert!(!reply.body.contains("imageUrl"), "{reply:?}");
+}
+
+/// One backend that answers every request 200 and hands over the request heads it read.
+async fn recording_backend() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind(std::net::SocketAddr::from((LOOPBACK, 0)))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heads, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let heads = heads.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head: Vec<u8> = buffer.drain(..end + 4).collect();
+                        let _ = heads.send(String::from_utf8_lossy(&head).to_lowercase());
+                        let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_tells_the_application_who_called() {
+    let (backend, mut heads) = recording_backend().await;
+    let yaml = format!(
+        "namespace: istioinaction\nendpoints:\n- {{service: catalog, address: \"{backend}\"}}\n"
+    );
+    let mut router_settings = settings("istioinaction", false);
+    router_settings.router = true;
+    let router = start_proxy(&yaml, router_settings).await;
+    let client = HttpClient::from_address([127, 0, 0, 2].into());
+    let reply = client
+        .get(
+            router.addr,
+            "catalog",
+            "/",
+            &[("x-forwarded-for", "203.0.113.9")],
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let head = heads.recv().await.expect("the backend got the request");
+    assert!(
+        head.contains("x-forwarded-for: 203.0.113.9, 127.0.0.2\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+
+    // A sidecar forwards the header as it came.
+    let sidecar = start_proxy(&yaml, settings("istioinaction", false)).await;
+    client.get(sidecar.addr, "catalog", "/", &[]).await;
+    let head = heads.recv().await.expect("the backend got the request");
+    assert!(!head.contains("x-forwarded-for"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_and_peak_ewma_avoid_a_slow_backend() {
     let slow_latency = Duration::from_millis(150);
     let mut served_by_slow = Vec::new();

@@ -43,7 +43,22 @@ struct Args {
     /// This proxy's workload (source_workload in metrics).
     #[arg(long, env = "SLUICE_WORKLOAD")]
     workload: Option<String>,
-    /// This proxy's workload labels, for `sourceLabels` matches: app=webapp,version=v1
+    /// Router mode: a shared hop in front of the namespace's services. `sourceLabels` and
+    /// `sourceNamespace` match the calling pod (found by its address among the pods of
+    /// --namespace in Kubernetes mode, `callers` in file mode), and the caller's address
+    /// is appended to X-Forwarded-For.
+    #[arg(
+        long,
+        env = "SLUICE_ROUTER",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        conflicts_with = "source_labels"
+    )]
+    router: bool,
+    /// Sidecar mode: this proxy's workload labels, for `sourceLabels` matches:
+    /// app=webapp,version=v1
     #[arg(long, env = "SLUICE_SOURCE_LABELS", default_value = "")]
     source_labels: String,
     /// Gateways this proxy acts as (repeatable); `mesh` = a sidecar.
@@ -105,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         },
         zone: args.zone.clone(),
         default_retries: args.default_retries,
+        router: args.router,
     };
     let options = ProxyOptions {
         shadow_host_suffix: args.shadow_host_suffix,

@@ -1,5 +1,6 @@
 //! The admin port: `/metrics`, the live config like `istioctl proxy-config`
-//! (`/config/routes`, `/config/clusters`, `/config/endpoints`), `/config/status`,
+//! (`/config/routes`, `/config/clusters`, `/config/endpoints`), the router's known
+//! callers (`/config/callers`), `/config/status`,
 //! Envoy-style counters at `/stats`, and `/healthz`.
 
 use std::sync::Arc;
@@ -47,6 +48,7 @@ fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/config/routes" => as_json(&routes_view(&snapshot)),
         "/config/clusters" => as_json(&clusters_view(&snapshot)),
         "/config/endpoints" => as_json(&endpoints_view(&snapshot)),
+        "/config/callers" => as_json(&callers_view(&snapshot)),
         "/config/status" => as_json(&json!({
             "lastError": proxy.last_error(),
             "rejectedObjects": proxy.rejected_objects(),
@@ -73,6 +75,20 @@ fn as_json(value: &Value) -> Response<Full<Bytes>> {
     let mut body = serde_json::to_string_pretty(value).unwrap_or_default();
     body.push('\n');
     text(StatusCode::OK, "application/json", body)
+}
+
+/// Router mode: the pods known as callers, by address (sorted).
+fn callers_view(snapshot: &Snapshot) -> Value {
+    let mut callers: Vec<_> = snapshot.callers.iter().collect();
+    callers.sort_by_key(|(address, _)| **address);
+    Value::Array(
+        callers
+            .into_iter()
+            .map(|(address, who)| {
+                json!({"address": address.to_string(), "namespace": who.namespace, "labels": who.labels})
+            })
+            .collect(),
+    )
 }
 
 fn matcher_map(items: &[(String, StringMatcher)]) -> Value {

@@ -17,7 +17,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,6 +101,9 @@ pub struct ConfigFile {
     pub destination_rules: Vec<Object<DestinationRuleSpec>>,
     #[serde(default)]
     pub endpoints: Vec<EndpointEntry>,
+    /// Pods that may call the proxy, by address; used only in router mode.
+    #[serde(default)]
+    pub callers: Vec<CallerEntry>,
 }
 
 /// A Kubernetes object as written in YAML; apiVersion may be v1alpha3, v1beta1 or v1.
@@ -139,6 +142,20 @@ pub struct EndpointEntry {
     pub protocol: Option<String>,
 }
 
+/// A pod known by its address: who a router's caller is, for `sourceLabels` and
+/// `sourceNamespace` matches.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerEntry {
+    /// The pod's IP (no port).
+    pub address: String,
+    /// Defaults to the file's namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
 pub fn read_file(path: &Path) -> Result<ConfigFile, Error> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
         path: path.into(),
@@ -161,6 +178,10 @@ pub struct ProxySettings {
     pub zone: String,
     /// Istio's mesh default retry policy for routes without `retries`.
     pub default_retries: bool,
+    /// Router mode: the proxy is a shared hop, not a sidecar. Each request's identity is
+    /// its caller's (looked up by peer address among `callers`), not `identity`'s, and the
+    /// caller's address is appended to `X-Forwarded-For`.
+    pub router: bool,
 }
 
 impl Default for ProxySettings {
@@ -174,6 +195,7 @@ impl Default for ProxySettings {
             },
             zone: String::new(),
             default_retries: true,
+            router: false,
         }
     }
 }
@@ -189,11 +211,27 @@ pub struct Snapshot {
     pub default_retry: Option<RetryPolicy>,
     /// Accepted but suspicious (e.g. a subset without endpoints); shown at /config/status.
     pub warnings: Vec<String>,
+    /// Router mode: the known callers by address.
+    pub callers: HashMap<IpAddr, SourceIdentity>,
+    /// Router mode: the identity of a caller that is not a known pod (no labels, no
+    /// namespace), so `sourceLabels` and `sourceNamespace` matches never hold for it.
+    pub unknown_caller: SourceIdentity,
 }
 
 impl Snapshot {
     pub fn cluster(&self, key: &ClusterKey) -> Option<&Arc<Cluster>> {
         self.clusters.get(key)
+    }
+
+    /// Who a request from `peer` is, for matching: a sidecar is always its own workload;
+    /// a router's caller is the pod at that address, or nobody known.
+    pub fn source<'a>(&'a self, settings: &'a ProxySettings, peer: IpAddr) -> &'a SourceIdentity {
+        if !settings.router {
+            return &settings.identity;
+        }
+        self.callers
+            .get(&peer.to_canonical())
+            .unwrap_or(&self.unknown_caller)
     }
 
     /// Endpoint state by (service, address), for carrying it over a reload.
@@ -388,6 +426,13 @@ pub fn build(
         clusters.insert(key, Arc::new(cluster));
     }
 
+    let (callers, unknown_caller) = if settings.router {
+        warnings.extend(source_namespaces_out_of_reach(file, default_ns));
+        build_callers(&file.callers, default_ns, settings, &mut warnings)?
+    } else {
+        (HashMap::new(), SourceIdentity::default())
+    };
+
     let table = RouteTable::new(
         settings.namespace.clone(),
         virtual_hosts,
@@ -398,7 +443,67 @@ pub fn build(
         clusters,
         default_retry: settings.default_retries.then(RetryPolicy::mesh_default),
         warnings,
+        callers,
+        unknown_caller,
     })
+}
+
+/// The callers by address. An address listed twice (e.g. a pod IP reused while the old
+/// pod's object lingers) names no one: trusting either could route by the wrong labels.
+fn build_callers(
+    entries: &[CallerEntry],
+    default_ns: &str,
+    settings: &ProxySettings,
+    warnings: &mut Vec<String>,
+) -> Result<(HashMap<IpAddr, SourceIdentity>, SourceIdentity), Error> {
+    let gateways = settings.identity.gateways.clone();
+    let mut callers: HashMap<IpAddr, SourceIdentity> = HashMap::new();
+    let mut ambiguous = BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let address: IpAddr = entry.address.parse().map_err(|e| Error::Invalid {
+            object: format!("callers[{i}]"),
+            field: "address".into(),
+            reason: format!("{:?} is not an IP address ({e})", entry.address),
+        })?;
+        let identity = SourceIdentity {
+            labels: entry.labels.clone(),
+            namespace: entry.namespace.clone().unwrap_or_else(|| default_ns.into()),
+            gateways: gateways.clone(),
+        };
+        if callers.insert(address.to_canonical(), identity).is_some() {
+            ambiguous.insert(address.to_canonical());
+        }
+    }
+    for address in ambiguous {
+        callers.remove(&address);
+        warnings.push(format!(
+            "callers: {address} is listed more than once; its requests match no sourceLabels"
+        ));
+    }
+    let unknown = SourceIdentity {
+        gateways,
+        ..SourceIdentity::default()
+    };
+    Ok((callers, unknown))
+}
+
+/// A router knows the callers of its own namespace only (it watches pods there), so a
+/// `sourceNamespace` naming another namespace can never hold: say so.
+fn source_namespaces_out_of_reach(file: &ConfigFile, default_ns: &str) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for vs in &file.virtual_services {
+        let object = object_name("VirtualService", &vs.metadata, default_ns);
+        for (i, route) in vs.spec.http.iter().enumerate() {
+            for (j, m) in route.matches.iter().enumerate() {
+                if let Some(ns) = m.source_namespace.as_deref().filter(|ns| *ns != default_ns) {
+                    warnings.push(format!(
+                        "{object}: http[{i}].match[{j}].sourceNamespace {ns:?}: this router only knows callers in namespace {default_ns:?}, so the match never holds"
+                    ));
+                }
+            }
+        }
+    }
+    warnings
 }
 
 /// What `build` would reject this VirtualService for, judged on its own (cross-object
@@ -1135,6 +1240,76 @@ endpoints:
         assert_eq!(ports(key(Some("version-v2"))), [3002]);
         assert_eq!(ports(key(None)), [3001, 3002]);
         assert!(snap.warnings.is_empty(), "{:?}", snap.warnings);
+    }
+
+    #[test]
+    fn a_router_knows_its_callers_by_address() {
+        let yaml = format!(
+            "{GOOD}callers:\n- {{address: 10.244.0.5, labels: {{app: webapp}}}}\n- {{address: 10.244.0.6, namespace: other, labels: {{app: web}}}}\n- {{address: 10.244.0.9, labels: {{app: a}}}}\n- {{address: 10.244.0.9, labels: {{app: b}}}}\n"
+        );
+        let router = ProxySettings {
+            namespace: "istioinaction".into(),
+            router: true,
+            ..ProxySettings::default()
+        };
+        let snap = build(&parse(&yaml), &router, None).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // (peer, labels app, namespace)
+        let cases = [
+            ("10.244.0.5", Some("webapp"), "istioinaction"),
+            ("::ffff:10.244.0.5", Some("webapp"), "istioinaction"),
+            ("10.244.0.6", Some("web"), "other"),
+            ("10.244.0.7", None, ""),
+            ("10.244.0.9", None, ""),
+        ];
+        for (peer, app, namespace) in cases {
+            let source = snap.source(&router, ip(peer));
+            assert_eq!(source.labels.get("app").map(String::as_str), app, "{peer}");
+            assert_eq!(source.namespace, namespace, "{peer}");
+            assert_eq!(source.gateways, ["mesh"], "{peer}");
+        }
+        assert!(
+            snap.warnings
+                .iter()
+                .any(|w| w.contains("10.244.0.9 is listed more than once")),
+            "{:?}",
+            snap.warnings
+        );
+        // A sidecar is its own workload whoever the peer is.
+        let sidecar = ProxySettings::default();
+        let snap = build(&parse(&yaml), &sidecar, None).unwrap();
+        assert!(snap.source(&sidecar, ip("10.244.0.5")).labels.is_empty());
+        assert_eq!(snap.source(&sidecar, ip("10.244.0.5")).namespace, "default");
+
+        let bad = format!("{GOOD}callers:\n- {{address: \"10.244.0.5:80\"}}\n");
+        let err = build(&parse(&bad), &router, None).unwrap_err().to_string();
+        assert!(err.contains("callers[0]: address"), "{err}");
+    }
+
+    #[test]
+    fn a_router_warns_of_source_namespaces_it_cannot_see() {
+        let yaml = GOOD.replace(
+            "{headers: {x-istio-cohort: {exact: internal}}}",
+            "{sourceNamespace: frontend}",
+        );
+        let router = ProxySettings {
+            namespace: "istioinaction".into(),
+            router: true,
+            ..ProxySettings::default()
+        };
+        let snap = build(&parse(&yaml), &router, None).unwrap();
+        assert_eq!(
+            snap.warnings,
+            ["VirtualService istioinaction/catalog: http[0].match[0].sourceNamespace \"frontend\": this router only knows callers in namespace \"istioinaction\", so the match never holds"]
+        );
+        let own = GOOD.replace(
+            "{headers: {x-istio-cohort: {exact: internal}}}",
+            "{sourceNamespace: istioinaction}",
+        );
+        assert!(build(&parse(&own), &router, None)
+            .unwrap()
+            .warnings
+            .is_empty());
     }
 
     #[test]

@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
 use crate::api::istio::{DestinationRule, DestinationRuleSpec, VirtualService, VirtualServiceSpec};
-use crate::proxy::config::{self, ConfigFile, EndpointEntry, Object, ObjectMeta};
+use crate::proxy::config::{self, CallerEntry, ConfigFile, EndpointEntry, Object, ObjectMeta};
 use crate::proxy::Proxy;
 
 /// Changes arriving within this window are applied as one rebuild.
@@ -152,7 +152,66 @@ pub fn config_from_cluster(namespace: &str, state: &ClusterState) -> ConfigFile 
         virtual_services,
         destination_rules,
         endpoints,
+        callers: state.pods.iter().flat_map(|p| callers_of(p)).collect(),
     }
+}
+
+/// The addresses a pod calls from. Host-network pods share the node's address, and a
+/// finished pod's address may already be another pod's: neither identifies anyone.
+fn callers_of(pod: &Pod) -> Vec<CallerEntry> {
+    let host_network = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.host_network)
+        .unwrap_or(false);
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    if host_network || finished {
+        return Vec::new();
+    }
+    let mut addresses: Vec<&str> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|ip| ip.ip.as_str())
+        .collect();
+    if addresses.is_empty() {
+        addresses.extend(status.pod_ip.as_deref());
+    }
+    addresses
+        .into_iter()
+        .map(|address| CallerEntry {
+            address: address.to_string(),
+            namespace: pod.metadata.namespace.clone(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// Keeps only what `config_from_cluster` reads of a pod, so a namespace of many pods
+/// costs the proxy little memory.
+pub fn strip_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.spec = pod
+        .spec
+        .take()
+        .map(|spec| k8s_openapi::api::core::v1::PodSpec {
+            host_network: spec.host_network,
+            containers: Vec::new(),
+            ..Default::default()
+        });
+    pod.status = pod
+        .status
+        .take()
+        .map(|status| k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase,
+            pod_ip: status.pod_ip,
+            pod_ips: status.pod_ips,
+            ..Default::default()
+        });
 }
 
 // === Invalid objects ===
@@ -361,14 +420,20 @@ fn object_meta<'a>(state: &'a ClusterState, r: &Rejected) -> Option<&'a kube::ap
 
 // === Watch shell ===
 
-async fn reflect<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
-where
+async fn reflect<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    strip: fn(&mut K),
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let stream = reflector::reflector(
         writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(strip),
     );
     futures::pin_mut!(stream);
     while let Some(event) = stream.next().await {
@@ -379,7 +444,12 @@ where
     }
 }
 
-fn spawn_reflector<K>(client: &Client, namespace: &str, changed: &Arc<Notify>) -> Store<K>
+fn spawn_reflector<K>(
+    client: &Client,
+    namespace: &str,
+    changed: &Arc<Notify>,
+    strip: fn(&mut K),
+) -> Store<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -392,17 +462,19 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let api = Api::<K>::namespaced(client.clone(), namespace);
-    tokio::spawn(reflect(api, writer, changed.clone()));
+    tokio::spawn(reflect(api, writer, changed.clone(), strip));
     store
 }
 
 /// Watches the namespace and applies every change; runs until the process ends.
 pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result<(), Error> {
     let changed = Arc::new(Notify::new());
-    let vs = spawn_reflector::<VirtualService>(&client, &namespace, &changed);
-    let dr = spawn_reflector::<DestinationRule>(&client, &namespace, &changed);
-    let slices = spawn_reflector::<EndpointSlice>(&client, &namespace, &changed);
-    let pods = spawn_reflector::<Pod>(&client, &namespace, &changed);
+    let vs = spawn_reflector::<VirtualService>(&client, &namespace, &changed, |_| {});
+    let dr = spawn_reflector::<DestinationRule>(&client, &namespace, &changed, |_| {});
+    let slices = spawn_reflector::<EndpointSlice>(&client, &namespace, &changed, |s| {
+        s.metadata.managed_fields = None;
+    });
+    let pods = spawn_reflector::<Pod>(&client, &namespace, &changed, strip_pod);
     for ready in [
         vs.wait_until_ready().await,
         dr.wait_until_ready().await,
@@ -487,6 +559,36 @@ mod tests {
 
     fn yaml<T: DeserializeOwned>(text: &str) -> Arc<T> {
         Arc::new(serde_yaml::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn running_pods_are_callers_by_each_address() {
+        let pod = |extra: &str| -> Arc<Pod> {
+            yaml(&format!(
+                "metadata: {{name: p, namespace: istioinaction, labels: {{app: webapp}}, annotations: {{a: b}}}}\n{extra}"
+            ))
+        };
+        // (pod, the caller addresses it yields)
+        let cases: [(Arc<Pod>, &[&str]); 6] = [
+            (pod("status: {phase: Running, podIP: 10.244.0.5, podIPs: [{ip: 10.244.0.5}, {ip: \"fd00::5\"}]}"), &["10.244.0.5", "fd00::5"]),
+            (pod("status: {phase: Running, podIP: 10.244.0.5}"), &["10.244.0.5"]),
+            (pod("status: {phase: Pending}"), &[]),
+            (pod("status: {phase: Succeeded, podIP: 10.244.0.5}"), &[]),
+            (pod("status: {phase: Failed, podIP: 10.244.0.5}"), &[]),
+            (pod("spec: {hostNetwork: true, containers: []}\nstatus: {phase: Running, podIP: 10.0.0.1}"), &[]),
+        ];
+        for (pod, want) in cases {
+            let mut stripped = (*pod).clone();
+            strip_pod(&mut stripped);
+            assert!(stripped.metadata.annotations.is_none());
+            for p in [pod.as_ref(), &stripped] {
+                let got: Vec<String> = callers_of(p).into_iter().map(|c| c.address).collect();
+                assert_eq!(got, want, "{:?}", pod.status);
+            }
+        }
+        let callers = callers_of(&pod("status: {phase: Running, podIP: 10.244.0.5}"));
+        assert_eq!(callers[0].labels["app"], "webapp");
+        assert_eq!(callers[0].namespace.as_deref(), Some("istioinaction"));
     }
 
     #[test]

@@ -41,6 +41,9 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+
 /// How long a mirrored copy may take before it is abandoned.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -122,6 +125,22 @@ fn local_reply(status: StatusCode, text: &str) -> Response<ProxyBody> {
 
 fn full_body(bytes: Bytes) -> ProxyBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A router is a hop the application did not have before: it passes its caller's address
+/// on, as Envoy does with `use_remote_address`, so the application still sees who called.
+fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
+    let peer = peer.to_canonical().to_string();
+    let value = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {peer}"),
+        _ => peer,
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -301,22 +320,24 @@ impl Proxy {
             headers: &parts.headers,
         };
         let weight_draw = rand::rng().random::<u64>();
-        let (route, block, destination): (_, _, Option<&RouteDestination>) =
-            match snapshot.table.select(&view, &self.settings.identity) {
-                Selection::Route { route, block, .. } => (
-                    Some(route),
-                    block,
-                    Some(route.destinations.pick(weight_draw)),
-                ),
-                Selection::Service(service) => {
-                    record.service = Some(service.to_string());
-                    (None, usize::MAX, None)
-                }
-                Selection::NoRoute => {
-                    record.flag("NR");
-                    return local_reply(StatusCode::NOT_FOUND, "no route");
-                }
-            };
+        let (route, block, destination): (_, _, Option<&RouteDestination>) = match snapshot
+            .table
+            .select(&view, snapshot.source(&self.settings, peer.ip()))
+        {
+            Selection::Route { route, block, .. } => (
+                Some(route),
+                block,
+                Some(route.destinations.pick(weight_draw)),
+            ),
+            Selection::Service(service) => {
+                record.service = Some(service.to_string());
+                (None, usize::MAX, None)
+            }
+            Selection::NoRoute => {
+                record.flag("NR");
+                return local_reply(StatusCode::NOT_FOUND, "no route");
+            }
+        };
         let service_key;
         let cluster_key: &ClusterKey = match (destination, &record.service) {
             (Some(d), _) => &d.cluster,
@@ -412,6 +433,9 @@ impl Proxy {
         // The request's own header map goes upstream: nothing else reads it from here on.
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
+        if self.settings.router {
+            append_forwarded_for(&mut headers, peer.ip());
+        }
         if let Some(route) = route {
             route.request_headers.apply(&mut headers);
         }
@@ -882,6 +906,32 @@ mod tests {
         assert_eq!(
             access_log_line(&record, "T", 503, Duration::from_millis(7), peer),
             "[T] \"GET /items HTTP/1.1\" 503 UO,URX retries=2 7ms \"catalog\" peer=127.0.0.1:5000 upstream=- cluster=-"
+        );
+    }
+
+    #[test]
+    fn the_callers_address_is_appended_to_x_forwarded_for() {
+        let peer: std::net::IpAddr = "10.244.0.7".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:10.244.0.7".parse().unwrap();
+        for (before, ip, after, proto) in [
+            (None, peer, "10.244.0.7", "http"),
+            (Some("203.0.113.9"), peer, "203.0.113.9, 10.244.0.7", "http"),
+            (Some(" "), mapped, "10.244.0.7", "http"),
+        ] {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = before {
+                headers.insert(X_FORWARDED_FOR, HeaderValue::from_static(v));
+            }
+            append_forwarded_for(&mut headers, ip);
+            assert_eq!(headers[X_FORWARDED_FOR], after, "from {before:?}");
+            assert_eq!(headers[X_FORWARDED_PROTO], proto);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        append_forwarded_for(&mut headers, peer);
+        assert_eq!(
+            headers[X_FORWARDED_PROTO], "https",
+            "an existing proto is kept"
         );
     }
 

@@ -173,6 +173,7 @@ fn deployment(ns: &str, image: &str) -> Deployment {
         image: Some(image.into()),
         args: Some(vec![
             "--kube".into(),
+            "--router".into(),
             "--namespace=$(POD_NAMESPACE)".into(),
             format!("--listen=0.0.0.0:{TRAFFIC_PORT}"),
             format!("--admin=0.0.0.0:{ADMIN_PORT}"),

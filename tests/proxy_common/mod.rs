@@ -128,6 +128,14 @@ impl HttpClient {
         )
     }
 
+    /// Connects from `local` (another loopback address), as a different pod would.
+    pub fn from_address(local: std::net::IpAddr) -> Self {
+        assert!(local.is_loopback(), "tests talk from loopback only");
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(local));
+        HttpClient(Client::builder(TokioExecutor::new()).build(connector))
+    }
+
     /// GET `path` from `addr` with the given Host and extra headers; 10 s bound.
     pub async fn get(
         &self,
