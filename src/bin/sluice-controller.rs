@@ -20,6 +20,9 @@ struct Args {
     /// Image of sluice-proxy for Canaries with provider sluice.
     #[arg(long, env = "SLUICE_PROXY_IMAGE", default_value = concat!("ghcr.io/sluice-dev/sluice-proxy:", env!("CARGO_PKG_VERSION")))]
     proxy_image: String,
+    /// sluice-router pods in each namespace with provider sluice Canaries.
+    #[arg(long, env = "SLUICE_ROUTER_REPLICAS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
+    router_replicas: i32,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -60,7 +63,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ns) = &args.print_router_manifest {
         print!(
             "{}",
-            sluice::router::sluice::router_manifest(ns, &args.proxy_image)?
+            sluice::router::sluice::router_manifest(ns, &args.proxy_image, args.router_replicas)?
         );
         return Ok(());
     }
@@ -86,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
                 default_provider: args.provider,
                 metrics_server: args.metrics_server,
                 proxy_image: args.proxy_image,
+                router_replicas: args.router_replicas,
             },
             listen: args.listen,
             lease_namespace: args.lease_namespace.filter(|s| !s.is_empty()),

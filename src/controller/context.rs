@@ -23,6 +23,8 @@ pub struct Config {
     pub metrics_server: Option<String>,
     /// Image of sluice-proxy for `provider: sluice` routers.
     pub proxy_image: String,
+    /// sluice-router pods per namespace.
+    pub router_replicas: i32,
 }
 
 /// Caches of the objects the controller reads, filled by watches.
@@ -82,8 +84,10 @@ pub struct Context {
     pub routers: crate::router::Routers,
     /// Client for webhooks and alerts.
     pub http: reqwest::Client,
-    /// Content hashes of objects without a cache, as this process last applied them.
-    pub applied: parking_lot::Mutex<std::collections::HashMap<String, String>>,
+    /// Content hashes of objects without a cache, as this process last applied them,
+    /// and when.
+    pub applied:
+        parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     /// Canaries as sluice last wrote their status, by uid, with the resourceVersion they
     /// had before: while the cache still shows that version it is stale, and the written
     /// copy is used instead, so a quick second reconcile does not repeat a step.

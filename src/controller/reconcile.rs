@@ -2,7 +2,7 @@
 //! apply under one field manager and skips objects whose applied content is unchanged.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -29,6 +29,11 @@ use crate::router::{self, TrafficRouter};
 pub const FIELD_MANAGER: &str = "sluice";
 /// Hash of the content sluice last applied to an object; an equal hash skips the write.
 pub const APPLIED_HASH: &str = "sluice.dev/applied-hash";
+/// Objects without a cache of their own (the router's ServiceAccount, Role, ...) are
+/// applied again at least this often, so one deleted or edited by hand comes back.
+const REAPPLY_AFTER: Duration = Duration::from_secs(60);
+/// How soon a reconcile that waits for a router to become available looks again.
+const APEX_WAIT_REQUEUE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -85,8 +90,10 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
             canary.namespace().unwrap_or_default()
         ));
     }
+    let mut requeue_after = plan.requeue_after;
     match execute(&canary, &observation, &plan, &ctx).await {
-        Ok(()) => {}
+        Ok(Applied::Complete) => {}
+        Ok(Applied::ApexWaiting) => requeue_after = requeue_after.min(APEX_WAIT_REQUEUE),
         Err(err) if err.is_user_error() => {
             report_blocked(&canary, &plan.status, &err, &ctx, now).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
@@ -94,7 +101,16 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         Err(err) => return Err(err),
     }
     record_metrics(&canary, &plan, &ctx);
-    Ok(Action::requeue(plan.requeue_after))
+    Ok(Action::requeue(requeue_after))
+}
+
+/// What `execute` got done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Applied {
+    Complete,
+    /// Everything but the switch of the apex Service, whose new backend (the router) is
+    /// not available yet.
+    ApexWaiting,
 }
 
 /// Decides, gathering what the decision asks for (webhook answers, metric checks) and
@@ -165,14 +181,15 @@ async fn execute(
     observation: &Observation,
     plan: &Plan,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Applied, Error> {
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
+    let mut applied = Applied::Complete;
     if let (true, Some(target)) = (plan.ensure_objects, observation.target.as_deref()) {
         let router = ctx
             .routers
             .for_kind(canary.spec.provider.unwrap_or(ctx.config.default_provider));
         let app = AppLabel::of(target)?;
-        ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
+        applied = ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
     }
     if let Some(replicas) = plan.target_replicas {
         let current = observation
@@ -195,7 +212,7 @@ async fn execute(
     consume_actions(canary, plan, ctx).await?;
     publish_events(canary, plan, ctx).await;
     gates::notify(ctx, canary, plan).await;
-    Ok(())
+    Ok(applied)
 }
 
 /// Removes the action annotations the plan handled, after the status that records their
@@ -234,7 +251,7 @@ async fn ensure_objects(
     observation: &Observation,
     plan: &Plan,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Applied, Error> {
     let client = &ctx.client;
     // Primary first: the Services and routes point at it.
     let mut template = target
@@ -294,16 +311,8 @@ async fn ensure_objects(
             .await?;
         }
     }
-    let apex_selector = router.apex_selector(canary, app);
-    for svc in workloads::services(canary, app, apex_selector, router.apex_target_port(canary)) {
-        apply(
-            ctx,
-            &ctx.stores.services,
-            Api::<Service>::namespaced(client.clone(), ns),
-            svc,
-        )
-        .await?;
-    }
+    // The router and its routes before the Services: the apex must not lead to a router
+    // that does not exist yet.
     for obj in router.static_objects(canary)? {
         apply_dynamic(ctx, ns, obj).await?;
     }
@@ -312,7 +321,76 @@ async fn ensure_objects(
             apply_dynamic(ctx, ns, obj).await?;
         }
     }
-    Ok(())
+    let apex_selector = router.apex_selector(canary, app);
+    let apex_name = canary.service_name().to_string();
+    let mut applied = Applied::Complete;
+    for svc in workloads::services(
+        canary,
+        app,
+        apex_selector.clone(),
+        router.apex_target_port(canary),
+    ) {
+        if svc.name_any() == apex_name {
+            let current = ctx
+                .stores
+                .services
+                .get(&ObjectRef::new(&apex_name).within(ns));
+            if !apex_may_switch(ctx, ns, canary, router, current.as_deref(), &apex_selector) {
+                tracing::info!(
+                    canary = %canary.name_any(),
+                    namespace = ns,
+                    service = %apex_name,
+                    "waiting for the router and the primary to be available before the Service points at the router"
+                );
+                applied = Applied::ApexWaiting;
+                continue;
+            }
+        }
+        apply(
+            ctx,
+            &ctx.stores.services,
+            Api::<Service>::namespaced(client.clone(), ns),
+            svc,
+        )
+        .await?;
+    }
+    Ok(applied)
+}
+
+/// Whether the apex Service may be pointed at its router now: it already is, or the
+/// router Deployment and the primary both have an available pod. Switching earlier would
+/// send the Service's callers to a router or a primary that cannot answer yet.
+fn apex_may_switch(
+    ctx: &Context,
+    ns: &str,
+    canary: &Canary,
+    router: &dyn TrafficRouter,
+    current: Option<&Service>,
+    apex_selector: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let Some(backend) = router.apex_backend(canary) else {
+        return true;
+    };
+    let already = current
+        .and_then(|s| s.spec.as_ref())
+        .and_then(|s| s.selector.as_ref())
+        .is_some_and(|selector| selector == apex_selector);
+    let available = |name: &str| {
+        ctx.stores
+            .deployments
+            .get(&ObjectRef::new(name).within(ns))
+            .is_some_and(|d| deployment_available(&d))
+    };
+    already || (available(backend) && available(&workloads::primary_name(canary)))
+}
+
+/// At least one pod of the Deployment's current spec is available.
+fn deployment_available(d: &Deployment) -> bool {
+    let status = d.status.as_ref();
+    let observed = status.and_then(|s| s.observed_generation);
+    observed.is_some()
+        && observed >= d.metadata.generation
+        && status.and_then(|s| s.available_replicas).unwrap_or(0) > 0
 }
 
 async fn copy_configs(
@@ -410,10 +488,15 @@ async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Resul
                 c.annotations().get(APPLIED_HASH) == Some(&hash)
                     && serde_json::to_value(&c.spec).ok() == obj.data.get("spec").cloned()
             }),
-        _ => {
-            let applied = ctx.applied.lock();
-            applied.get(&format!("{}/{ns}/{name}", types.kind)) == Some(&hash)
+        // A Deployment deleted by hand is missing from the cache: applied again at once.
+        "Deployment" => {
+            ctx.stores
+                .deployments
+                .get(&ObjectRef::new(&name).within(ns))
+                .is_some_and(|c| c.annotations().get(APPLIED_HASH) == Some(&hash))
+                && recently_applied(ctx, &types.kind, ns, &name, &hash)
         }
+        _ => recently_applied(ctx, &types.kind, ns, &name, &hash),
     };
     if unchanged {
         return Ok(false);
@@ -433,7 +516,20 @@ async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Resul
         &Patch::Apply(&obj),
     )
     .await?;
+    ctx.applied.lock().insert(
+        format!("{}/{ns}/{name}", types.kind),
+        (hash, Instant::now()),
+    );
     Ok(true)
+}
+
+/// This process applied exactly this content to the object less than
+/// [`REAPPLY_AFTER`] ago.
+fn recently_applied(ctx: &Context, kind: &str, ns: &str, name: &str, hash: &str) -> bool {
+    ctx.applied
+        .lock()
+        .get(&format!("{kind}/{ns}/{name}"))
+        .is_some_and(|(h, at)| h == hash && at.elapsed() < REAPPLY_AFTER)
 }
 
 fn content_hash<T: Serialize>(obj: &T) -> Result<String, Error> {

@@ -224,7 +224,10 @@ async fn run_controller(
             options.config.metrics_server.clone(),
         )?,
         written: Default::default(),
-        routers: crate::router::Routers::new(options.config.proxy_image.clone()),
+        routers: crate::router::Routers::new(
+            options.config.proxy_image.clone(),
+            options.config.router_replicas,
+        ),
         http: reqwest::Client::builder()
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()?,
@@ -233,12 +236,18 @@ async fn run_controller(
 
     let controller = Controller::new(canaries, wc.clone());
     let canary_store = controller.store();
-    // A Deployment triggers the Canaries that target it or own it (the primary).
+    // A Deployment triggers the Canaries that target it or own it (the primary); a
+    // namespace's router triggers all its Canaries (it serves them all, and one deleted
+    // by hand is put back).
     let targets = canary_store.clone();
     let controller = controller
         .watches_stream(deploy_stream, move |d: Deployment| {
             let ns = d.namespace().unwrap_or_default();
             let name = d.name_any();
+            let is_router = name == crate::router::sluice::ROUTER_NAME
+                && d.labels()
+                    .get(crate::router::sluice::MANAGED_LABEL_KEY)
+                    .is_some();
             let owners: Vec<ObjectRef<Canary>> = d
                 .owner_references()
                 .iter()
@@ -249,7 +258,8 @@ async fn run_controller(
                 .state()
                 .iter()
                 .filter(|c| {
-                    c.namespace().as_deref() == Some(ns.as_str()) && c.spec.target_ref.name == name
+                    c.namespace().as_deref() == Some(ns.as_str())
+                        && (is_router || c.spec.target_ref.name == name)
                 })
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect();
@@ -302,6 +312,7 @@ async fn run_controller(
             tracing::info!("caches synced");
         }
     };
+    let janitor_canaries = canary_store.clone();
     let counting = async move {
         loop {
             let mut per_ns = std::collections::BTreeMap::<String, i64>::new();
@@ -316,6 +327,12 @@ async fn run_controller(
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
     };
+    let janitor = remove_unused_routers(
+        client.clone(),
+        janitor_canaries,
+        ctx.stores.deployments.clone(),
+        options.config.default_provider,
+    );
     let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -326,6 +343,80 @@ async fn run_controller(
     tokio::select! {
         _ = async { tokio::join!(run, synced) } => {}
         _ = counting => {}
+        _ = janitor => {}
+    }
+    Ok(())
+}
+
+/// How often namespaces are checked for a router that no Canary uses.
+const ROUTER_SWEEP: Duration = Duration::from_secs(30);
+
+/// The namespaces whose controller-made router no Canary uses: no Canary there has
+/// provider sluice (a Canary being deleted still counts: its Service may still lead to
+/// the router until it is reverted).
+pub fn unused_routers(
+    canaries: &[Arc<Canary>],
+    routers: &[Arc<Deployment>],
+    default_provider: crate::api::RouterKind,
+) -> std::collections::BTreeSet<String> {
+    use crate::router::sluice::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, ROUTER_NAME};
+    let used: std::collections::BTreeSet<String> = canaries
+        .iter()
+        .filter(|c| c.spec.provider.unwrap_or(default_provider) == crate::api::RouterKind::Sluice)
+        .filter_map(|c| c.namespace())
+        .collect();
+    routers
+        .iter()
+        .filter(|d| {
+            d.name_any() == ROUTER_NAME
+                && d.labels().get(MANAGED_LABEL_KEY).map(String::as_str)
+                    == Some(MANAGED_LABEL_VALUE)
+        })
+        .filter_map(|d| d.namespace())
+        .filter(|ns| !used.contains(ns))
+        .collect()
+}
+
+/// Deletes the router objects of namespaces found unused in two sweeps in a row, so a
+/// Canary that is being created (or switching provider) is not raced.
+async fn remove_unused_routers(
+    client: Client,
+    canaries: reflector::Store<Canary>,
+    deployments: reflector::Store<Deployment>,
+    default_provider: crate::api::RouterKind,
+) {
+    let mut suspects = std::collections::BTreeSet::new();
+    loop {
+        tokio::time::sleep(ROUTER_SWEEP).await;
+        let unused = unused_routers(&canaries.state(), &deployments.state(), default_provider);
+        for ns in unused.intersection(&suspects) {
+            tracing::info!(namespace = %ns, "removing sluice-router: no Canary here uses it");
+            if let Err(err) = delete_router(&client, ns).await {
+                tracing::warn!(namespace = %ns, error = %err, "removing sluice-router");
+            }
+        }
+        suspects = unused;
+    }
+}
+
+async fn delete_router(client: &Client, ns: &str) -> Result<(), kube::Error> {
+    use crate::router::sluice::{ROUTER_KINDS, ROUTER_NAME};
+    use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
+    // The Deployment first: its pods stop before their permissions go.
+    for kind in ROUTER_KINDS.iter().rev() {
+        let (group, version) = match *kind {
+            "Deployment" => ("apps", "v1"),
+            "PodDisruptionBudget" => ("policy", "v1"),
+            "Role" | "RoleBinding" => ("rbac.authorization.k8s.io", "v1"),
+            _ => ("", "v1"),
+        };
+        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
+        match api.delete(ROUTER_NAME, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => return Err(err),
+        }
     }
     Ok(())
 }
@@ -442,4 +533,62 @@ async fn ready(AxumState(state): AxumState<State>) -> impl IntoResponse {
 async fn diagnostics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let d = state.diagnostics.read().await.clone();
     axum::Json(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RouterKind;
+
+    fn canary(ns: &str, provider: &str) -> Arc<Canary> {
+        Arc::new(
+            serde_yaml::from_str(&format!(
+                "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {{name: c, namespace: {ns}}}\nspec: {{{provider}targetRef: {{kind: Deployment, name: app}}, service: {{port: 80}}, analysis: {{stepWeight: 10}}}}\n"
+            ))
+            .unwrap(),
+        )
+    }
+
+    fn router(ns: &str, managed: bool) -> Arc<Deployment> {
+        let label = if managed {
+            ", sluice.dev/router: for-canaries"
+        } else {
+            ""
+        };
+        Arc::new(
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: sluice-router, namespace: {ns}, labels: {{app.kubernetes.io/name: sluice-router{label}}}}}\n"
+            ))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_router_without_a_sluice_canary_in_its_namespace_is_unused() {
+        let canaries = [
+            canary("shop", "provider: sluice, "),
+            canary("mesh", "provider: istio, "),
+            canary("plain", ""),
+        ];
+        let routers = [
+            router("shop", true),
+            router("mesh", true),
+            router("plain", true),
+            router("empty", true),
+            router("by-hand", false),
+        ];
+        // (default provider, namespaces whose router is unused)
+        let cases: [(RouterKind, &[&str]); 2] = [
+            (RouterKind::Istio, &["empty", "mesh", "plain"]),
+            (RouterKind::Sluice, &["empty", "mesh"]),
+        ];
+        for (default, want) in cases {
+            let got = unused_routers(&canaries, &routers, default);
+            assert_eq!(
+                got.iter().map(String::as_str).collect::<Vec<_>>(),
+                want,
+                "default {default:?}"
+            );
+        }
+    }
 }

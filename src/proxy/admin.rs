@@ -1,7 +1,8 @@
 //! The admin port: `/metrics`, the live config like `istioctl proxy-config`
 //! (`/config/routes`, `/config/clusters`, `/config/endpoints`), the router's known
 //! callers (`/config/callers`), `/config/status`,
-//! Envoy-style counters at `/stats`, and `/healthz`.
+//! Envoy-style counters at `/stats`, `/healthz` (alive) and `/readyz` (ready for traffic,
+//! or why not).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,7 +57,15 @@ fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
             "defaultRetries": snapshot.default_retry.is_some(),
         })),
         "/stats" => text(StatusCode::OK, "text/plain", envoy_stats(&snapshot)),
-        "/healthz" | "/ready" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" | "/ready" => match proxy.readiness() {
+            problems if problems.is_empty() => text(StatusCode::OK, "text/plain", "ready\n".into()),
+            problems => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {}\n", problems.join("; ")),
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }

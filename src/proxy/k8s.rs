@@ -421,6 +421,7 @@ fn object_meta<'a>(state: &'a ClusterState, r: &Rejected) -> Option<&'a kube::ap
 // === Watch shell ===
 
 async fn reflect<K>(
+    proxy: Arc<Proxy>,
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     changed: Arc<Notify>,
@@ -436,15 +437,32 @@ async fn reflect<K>(
             .modify(strip),
     );
     futures::pin_mut!(stream);
+    let kind = kind_name::<K>();
     while let Some(event) = stream.next().await {
+        proxy.watch_result(kind, event.is_ok());
         match event {
             Ok(_) => changed.notify_one(),
-            Err(error) => tracing::warn!(%error, "watch error; retrying with backoff"),
+            Err(error) => tracing::warn!(%error, kind, "watch error; retrying with backoff"),
         }
     }
 }
 
+/// The kinds the proxy watches, by name (static, for the readiness report).
+fn kind_name<K: Resource>() -> &'static str
+where
+    K::DynamicType: Default,
+{
+    match K::kind(&Default::default()).as_ref() {
+        "VirtualService" => "VirtualService",
+        "DestinationRule" => "DestinationRule",
+        "EndpointSlice" => "EndpointSlice",
+        "Pod" => "Pod",
+        _ => "other",
+    }
+}
+
 fn spawn_reflector<K>(
+    proxy: &Arc<Proxy>,
     client: &Client,
     namespace: &str,
     changed: &Arc<Notify>,
@@ -462,19 +480,19 @@ where
 {
     let (store, writer) = reflector::store::<K>();
     let api = Api::<K>::namespaced(client.clone(), namespace);
-    tokio::spawn(reflect(api, writer, changed.clone(), strip));
+    tokio::spawn(reflect(proxy.clone(), api, writer, changed.clone(), strip));
     store
 }
 
 /// Watches the namespace and applies every change; runs until the process ends.
 pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result<(), Error> {
     let changed = Arc::new(Notify::new());
-    let vs = spawn_reflector::<VirtualService>(&client, &namespace, &changed, |_| {});
-    let dr = spawn_reflector::<DestinationRule>(&client, &namespace, &changed, |_| {});
-    let slices = spawn_reflector::<EndpointSlice>(&client, &namespace, &changed, |s| {
+    let vs = spawn_reflector::<VirtualService>(&proxy, &client, &namespace, &changed, |_| {});
+    let dr = spawn_reflector::<DestinationRule>(&proxy, &client, &namespace, &changed, |_| {});
+    let slices = spawn_reflector::<EndpointSlice>(&proxy, &client, &namespace, &changed, |s| {
         s.metadata.managed_fields = None;
     });
-    let pods = spawn_reflector::<Pod>(&client, &namespace, &changed, strip_pod);
+    let pods = spawn_reflector::<Pod>(&proxy, &client, &namespace, &changed, strip_pod);
     for ready in [
         vs.wait_until_ready().await,
         dr.wait_until_ready().await,

@@ -15,9 +15,11 @@ pub mod resilience;
 pub mod routes;
 pub mod server;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -40,6 +42,9 @@ pub struct ProxyOptions {
     pub workload: Option<String>,
     pub access_log: bool,
     pub connect_timeout: Duration,
+    /// Kubernetes mode: not ready once a watch has failed for longer than this (None =
+    /// never, the last routes keep serving whatever happens to the API server).
+    pub max_watch_outage: Option<Duration>,
 }
 
 impl Default for ProxyOptions {
@@ -50,6 +55,7 @@ impl Default for ProxyOptions {
             workload: None,
             access_log: true,
             connect_timeout: Duration::from_secs(10),
+            max_watch_outage: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -68,6 +74,42 @@ pub struct Proxy {
     last_error: Mutex<Option<String>>,
     /// Kubernetes mode: objects skipped as invalid in the last update (their errors).
     rejected_objects: Mutex<Vec<String>>,
+    /// A configuration was applied since the start.
+    loaded: AtomicBool,
+    /// Kubernetes mode: watches failing without a success since, by kind.
+    broken_watches: Mutex<BTreeMap<&'static str, Instant>>,
+    /// Shutting down: not ready, so endpoints stop sending here.
+    draining: AtomicBool,
+}
+
+/// Why the proxy is not ready, for `/readyz` (empty = ready).
+pub fn readiness_problems(
+    loaded: bool,
+    draining: bool,
+    broken_watches: &BTreeMap<&'static str, Instant>,
+    max_watch_outage: Option<Duration>,
+    now: Instant,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if draining {
+        problems.push("draining: shutting down".to_string());
+    }
+    if !loaded {
+        problems.push("no configuration loaded yet".to_string());
+    }
+    if let Some(bound) = max_watch_outage {
+        for (kind, since) in broken_watches {
+            let broken_for = now.saturating_duration_since(*since);
+            if broken_for > bound {
+                problems.push(format!(
+                    "the {kind} watch has failed for {}s (bound {}s); routes may be stale",
+                    broken_for.as_secs(),
+                    bound.as_secs()
+                ));
+            }
+        }
+    }
+    problems
 }
 
 impl Proxy {
@@ -99,7 +141,42 @@ impl Proxy {
             client_h2c,
             last_error: Mutex::new(None),
             rejected_objects: Mutex::new(Vec::new()),
+            loaded: AtomicBool::new(false),
+            broken_watches: Mutex::new(BTreeMap::new()),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// Why this proxy should get no traffic now; empty when it is ready.
+    pub fn readiness(&self) -> Vec<String> {
+        let broken = self
+            .broken_watches
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default();
+        readiness_problems(
+            self.loaded.load(Ordering::Relaxed),
+            self.draining.load(Ordering::Relaxed),
+            &broken,
+            self.options.max_watch_outage,
+            Instant::now(),
+        )
+    }
+
+    /// Turns not ready for good: the process is shutting down.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Records a watch's health: a failure starts its outage, a success ends it.
+    pub fn watch_result(&self, kind: &'static str, ok: bool) {
+        if let Ok(mut broken) = self.broken_watches.lock() {
+            if ok {
+                broken.remove(kind);
+            } else {
+                broken.entry(kind).or_insert_with(Instant::now);
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
@@ -130,6 +207,7 @@ impl Proxy {
                     .config_warnings
                     .set(i64::try_from(snapshot.warnings.len()).unwrap_or(i64::MAX));
                 self.snapshot.store(Arc::new(snapshot));
+                self.loaded.store(true, Ordering::Relaxed);
                 if let Ok(mut last) = self.last_error.lock() {
                     *last = None;
                 }
@@ -215,6 +293,60 @@ pub async fn watch_file(proxy: Arc<Proxy>, path: PathBuf, poll: Duration) {
             Err(error) => {
                 tracing::error!(%error, "configuration rejected; keeping the last good one")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_says_why_not() {
+        let now = Instant::now();
+        let since = |secs| now - Duration::from_secs(secs);
+        let bound = Some(Duration::from_secs(60));
+        let broken = |secs| BTreeMap::from([("EndpointSlice", since(secs))]);
+        // (loaded, draining, broken watches, bound, problems)
+        type Case = (
+            bool,
+            bool,
+            BTreeMap<&'static str, Instant>,
+            Option<Duration>,
+            &'static [&'static str],
+        );
+        let cases: [Case; 6] = [
+            (true, false, BTreeMap::new(), bound, &[]),
+            (
+                false,
+                false,
+                BTreeMap::new(),
+                bound,
+                &["no configuration loaded yet"],
+            ),
+            (
+                true,
+                true,
+                BTreeMap::new(),
+                bound,
+                &["draining: shutting down"],
+            ),
+            (true, false, broken(30), bound, &[]),
+            (
+                true,
+                false,
+                broken(90),
+                bound,
+                &["the EndpointSlice watch has failed for 90s (bound 60s); routes may be stale"],
+            ),
+            (true, false, broken(900), None, &[]),
+        ];
+        for (loaded, draining, watches, bound, want) in cases {
+            assert_eq!(
+                readiness_problems(loaded, draining, &watches, bound, now),
+                want,
+                "loaded {loaded}, draining {draining}, {watches:?}"
+            );
         }
     }
 }

@@ -38,6 +38,12 @@ pub trait TrafficRouter: Send + Sync {
         None
     }
 
+    /// The Deployment (in the Canary's namespace) that serves the apex Service when it is
+    /// not the app: the apex is pointed at it only once it is available.
+    fn apex_backend(&self, _canary: &Canary) -> Option<&'static str> {
+        None
+    }
+
     /// Objects that do not change with the weights (e.g. DestinationRules).
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error>;
 
@@ -52,10 +58,13 @@ pub struct Routers {
 }
 
 impl Routers {
-    pub fn new(proxy_image: String) -> Self {
+    pub fn new(proxy_image: String, router_replicas: i32) -> Self {
         Routers {
             istio: istio::IstioRouter,
-            sluice: sluice::SluiceRouter { image: proxy_image },
+            sluice: sluice::SluiceRouter {
+                image: proxy_image,
+                replicas: router_replicas,
+            },
         }
     }
 

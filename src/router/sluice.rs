@@ -5,11 +5,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, Probe, ServiceAccount,
+    PodTemplateSpec, Probe, ServiceAccount, TopologySpreadConstraint,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,12 +30,32 @@ pub const ROUTER_NAME: &str = "sluice-router";
 pub const ROUTER_LABEL_KEY: &str = "app.kubernetes.io/name";
 /// sluice-proxy's traffic port in the router pods.
 pub const TRAFFIC_PORT: i32 = 15001;
-/// sluice-proxy's admin port: `/metrics`, `/config/*`, `/healthz`.
+/// sluice-proxy's admin port: `/metrics`, `/config/*`, `/healthz`, `/readyz`.
 pub const ADMIN_PORT: i32 = 15000;
+/// After SIGTERM the router stays up, not ready, this long: endpoints and kube-proxy
+/// stop sending new connections to it meanwhile.
+pub const DRAIN_SECONDS: u32 = 5;
+
+/// Marks the router objects the controller made for Canaries (not those of
+/// `--print-router-manifest`): only these are removed when no Canary uses them.
+pub const MANAGED_LABEL_KEY: &str = "sluice.dev/router";
+pub const MANAGED_LABEL_VALUE: &str = "for-canaries";
 
 pub struct SluiceRouter {
     /// Image of sluice-proxy.
     pub image: String,
+    /// Router pods per namespace.
+    pub replicas: i32,
+}
+
+/// How the router Deployment is run.
+#[derive(Clone, Debug)]
+pub struct RouterSpec<'a> {
+    pub namespace: &'a str,
+    pub image: &'a str,
+    pub replicas: i32,
+    /// Made for Canaries: carries [`MANAGED_LABEL_KEY`].
+    pub managed: bool,
 }
 
 impl TrafficRouter for SluiceRouter {
@@ -48,21 +71,36 @@ impl TrafficRouter for SluiceRouter {
         Some(IntOrString::Int(TRAFFIC_PORT))
     }
 
+    fn apex_backend(&self, _canary: &Canary) -> Option<&'static str> {
+        Some(ROUTER_NAME)
+    }
+
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
         let ns = canary.namespace().unwrap_or_default();
+        let spec = RouterSpec {
+            namespace: &ns,
+            image: &self.image,
+            replicas: self.replicas,
+            managed: true,
+        };
         let mut objects = IstioRouter.static_objects(canary)?;
         objects.push(to_dynamic(
             "ServiceAccount",
             ROUTER_NAME,
-            &service_account(&ns),
+            &service_account(&spec),
         )?);
-        objects.push(to_dynamic("Role", ROUTER_NAME, &role(&ns))?);
-        objects.push(to_dynamic("RoleBinding", ROUTER_NAME, &role_binding(&ns))?);
+        objects.push(to_dynamic("Role", ROUTER_NAME, &role(&spec))?);
         objects.push(to_dynamic(
-            "Deployment",
+            "RoleBinding",
             ROUTER_NAME,
-            &deployment(&ns, &self.image),
+            &role_binding(&spec),
         )?);
+        objects.push(to_dynamic(
+            "PodDisruptionBudget",
+            ROUTER_NAME,
+            &disruption_budget(&spec),
+        )?);
+        objects.push(to_dynamic("Deployment", ROUTER_NAME, &deployment(&spec))?);
         Ok(objects)
     }
 
@@ -74,15 +112,32 @@ impl TrafficRouter for SluiceRouter {
 
 /// The router's objects as YAML, for running sluice-proxy in a namespace without a Canary
 /// (`sluice-controller --print-router-manifest NAMESPACE`).
-pub fn router_manifest(ns: &str, image: &str) -> Result<String, serde_yaml::Error> {
+pub fn router_manifest(ns: &str, image: &str, replicas: i32) -> Result<String, serde_yaml::Error> {
+    let spec = RouterSpec {
+        namespace: ns,
+        image,
+        replicas,
+        managed: false,
+    };
     let docs = [
-        serde_yaml::to_string(&service_account(ns))?,
-        serde_yaml::to_string(&role(ns))?,
-        serde_yaml::to_string(&role_binding(ns))?,
-        serde_yaml::to_string(&deployment(ns, image))?,
+        serde_yaml::to_string(&service_account(&spec))?,
+        serde_yaml::to_string(&role(&spec))?,
+        serde_yaml::to_string(&role_binding(&spec))?,
+        serde_yaml::to_string(&disruption_budget(&spec))?,
+        serde_yaml::to_string(&deployment(&spec))?,
     ];
     Ok(docs.join("---\n"))
 }
+
+/// The kinds of the router objects, in the order they are applied (the Deployment last,
+/// so its pods start with their permissions in place).
+pub const ROUTER_KINDS: [&str; 5] = [
+    "ServiceAccount",
+    "Role",
+    "RoleBinding",
+    "PodDisruptionBudget",
+    "Deployment",
+];
 
 pub fn router_labels() -> BTreeMap<String, String> {
     BTreeMap::from([(ROUTER_LABEL_KEY.to_string(), ROUTER_NAME.to_string())])
@@ -90,28 +145,48 @@ pub fn router_labels() -> BTreeMap<String, String> {
 
 /// The router serves every Canary of its namespace, so it is owned by none of them: it
 /// stays when one Canary is deleted. Its labels say who made it.
-fn meta(ns: &str) -> ObjectMeta {
+fn meta(spec: &RouterSpec) -> ObjectMeta {
     let mut labels = router_labels();
     labels.insert("app.kubernetes.io/managed-by".into(), "sluice".into());
     labels.insert("app.kubernetes.io/component".into(), "router".into());
+    if spec.managed {
+        labels.insert(MANAGED_LABEL_KEY.into(), MANAGED_LABEL_VALUE.into());
+    }
     ObjectMeta {
         name: Some(ROUTER_NAME.into()),
-        namespace: Some(ns.into()),
+        namespace: Some(spec.namespace.into()),
         labels: Some(labels),
         ..Default::default()
     }
 }
 
-fn service_account(ns: &str) -> ServiceAccount {
+fn service_account(spec: &RouterSpec) -> ServiceAccount {
     ServiceAccount {
-        metadata: meta(ns),
+        metadata: meta(spec),
         ..Default::default()
+    }
+}
+
+/// Voluntary disruptions (a node drain) take one router pod at a time. maxUnavailable,
+/// not minAvailable: with one replica a drain can still proceed.
+fn disruption_budget(spec: &RouterSpec) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(spec),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(router_labels()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
     }
 }
 
 /// What sluice-proxy watches in its own namespace (read-only), plus the Warning events it
 /// writes about objects it cannot enforce.
-fn role(ns: &str) -> Role {
+fn role(spec: &RouterSpec) -> Role {
     let read = |group: &str, resources: &[&str]| PolicyRule {
         api_groups: Some(vec![group.into()]),
         resources: Some(resources.iter().map(|r| r.to_string()).collect()),
@@ -119,7 +194,7 @@ fn role(ns: &str) -> Role {
         ..Default::default()
     };
     Role {
-        metadata: meta(ns),
+        metadata: meta(spec),
         rules: Some(vec![
             read(
                 "networking.istio.io",
@@ -137,9 +212,9 @@ fn role(ns: &str) -> Role {
     }
 }
 
-fn role_binding(ns: &str) -> RoleBinding {
+fn role_binding(spec: &RouterSpec) -> RoleBinding {
     RoleBinding {
-        metadata: meta(ns),
+        metadata: meta(spec),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
             kind: "Role".into(),
@@ -148,13 +223,13 @@ fn role_binding(ns: &str) -> RoleBinding {
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name: ROUTER_NAME.into(),
-            namespace: Some(ns.into()),
+            namespace: Some(spec.namespace.into()),
             ..Default::default()
         }]),
     }
 }
 
-fn deployment(ns: &str, image: &str) -> Deployment {
+fn deployment(spec: &RouterSpec) -> Deployment {
     let field = |path: &str| {
         Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
@@ -170,7 +245,7 @@ fn deployment(ns: &str, image: &str) -> Deployment {
     ]);
     let container = Container {
         name: "proxy".into(),
-        image: Some(image.into()),
+        image: Some(spec.image.into()),
         args: Some(vec![
             "--kube".into(),
             "--router".into(),
@@ -178,6 +253,7 @@ fn deployment(ns: &str, image: &str) -> Deployment {
             format!("--listen=0.0.0.0:{TRAFFIC_PORT}"),
             format!("--admin=0.0.0.0:{ADMIN_PORT}"),
             format!("--workload={ROUTER_NAME}"),
+            format!("--drain-period={DRAIN_SECONDS}s"),
         ]),
         env: Some(vec![
             EnvVar {
@@ -203,13 +279,25 @@ fn deployment(ns: &str, image: &str) -> Deployment {
                 ..Default::default()
             },
         ]),
+        // Ready once its first configuration is loaded, not while it drains.
         readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(ADMIN_PORT),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(1),
+            ..Default::default()
+        }),
+        liveness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/healthz".into()),
                 port: IntOrString::Int(ADMIN_PORT),
                 ..Default::default()
             }),
-            period_seconds: Some(2),
+            period_seconds: Some(10),
+            failure_threshold: Some(3),
             ..Default::default()
         }),
         security_context: Some(k8s_openapi::api::core::v1::SecurityContext {
@@ -243,9 +331,17 @@ fn deployment(ns: &str, image: &str) -> Deployment {
         ..Default::default()
     };
     Deployment {
-        metadata: meta(ns),
+        metadata: meta(spec),
         spec: Some(DeploymentSpec {
-            replicas: Some(1),
+            replicas: Some(spec.replicas),
+            // One new pod at a time, and none taken away before its successor is ready.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
             selector: LabelSelector {
                 match_labels: Some(router_labels()),
                 ..Default::default()
@@ -259,7 +355,19 @@ fn deployment(ns: &str, image: &str) -> Deployment {
                 spec: Some(PodSpec {
                     service_account_name: Some(ROUTER_NAME.into()),
                     containers: vec![container],
-                    termination_grace_period_seconds: Some(10),
+                    // On different nodes where there are several; one node still works.
+                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: "kubernetes.io/hostname".into(),
+                        when_unsatisfiable: "ScheduleAnyway".into(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(router_labels()),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }]),
+                    // The drain period, then up to 20 s for requests in flight.
+                    termination_grace_period_seconds: Some(i64::from(DRAIN_SECONDS) + 20 + 5),
                     ..Default::default()
                 }),
             },
@@ -293,6 +401,7 @@ spec:
     fn router_objects_live_in_the_namespace_and_read_only_what_the_proxy_watches() {
         let router = SluiceRouter {
             image: "sluice-proxy:test".into(),
+            replicas: 2,
         };
         let objs = router.static_objects(&canary()).unwrap();
         let kinds: Vec<String> = objs
@@ -307,17 +416,29 @@ spec:
                 "ServiceAccount",
                 "Role",
                 "RoleBinding",
+                "PodDisruptionBudget",
                 "Deployment"
             ]
         );
+        assert_eq!(kinds[2..], ROUTER_KINDS);
         for o in &objs[2..] {
             assert_eq!(o.metadata.namespace.as_deref(), Some("shop"));
             assert!(
                 o.metadata.owner_references.is_none(),
                 "shared by the namespace's canaries"
             );
+            assert_eq!(
+                o.labels().get(MANAGED_LABEL_KEY).map(String::as_str),
+                Some(MANAGED_LABEL_VALUE)
+            );
         }
-        let role = role("shop");
+        let spec = RouterSpec {
+            namespace: "shop",
+            image: "img",
+            replicas: 2,
+            managed: true,
+        };
+        let role = role(&spec);
         for rule in role.rules.unwrap() {
             let writes_events = rule.resources == Some(vec!["events".to_string()]);
             let want: &[&str] = if writes_events {
@@ -327,14 +448,39 @@ spec:
             };
             assert_eq!(rule.verbs, want);
         }
-        let d = deployment("shop", "img");
-        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
-        assert!(c.args.as_ref().unwrap().contains(&"--kube".to_string()));
+        let d = deployment(&spec).spec.unwrap();
+        let pod = d.template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(args.contains(&"--kube".to_string()));
+        assert!(args.contains(&"--router".to_string()));
+        assert_eq!(d.replicas, Some(2));
+        let rolling = d.strategy.unwrap().rolling_update.unwrap();
+        assert_eq!(
+            (rolling.max_surge, rolling.max_unavailable),
+            (Some(IntOrString::Int(1)), Some(IntOrString::Int(0))),
+            "one pod at a time, never fewer ready"
+        );
+        assert_eq!(
+            pod.topology_spread_constraints.unwrap()[0].topology_key,
+            "kubernetes.io/hostname"
+        );
+        let budget = disruption_budget(&spec).spec.unwrap();
+        assert_eq!(budget.max_unavailable, Some(IntOrString::Int(1)));
+    }
+
+    #[test]
+    fn a_printed_manifest_is_not_marked_as_the_controllers() {
+        let text = router_manifest("shop", "img", 2).unwrap();
+        assert!(!text.contains(MANAGED_LABEL_KEY), "{text}");
+        assert!(text.contains("kind: PodDisruptionBudget"), "{text}");
     }
 
     #[test]
     fn apex_points_at_the_router() {
-        let router = SluiceRouter { image: "x".into() };
+        let router = SluiceRouter {
+            image: "x".into(),
+            replicas: 2,
+        };
         let app = AppLabel {
             key: "app".into(),
             value: "catalog".into(),
@@ -344,5 +490,6 @@ spec:
             router.apex_target_port(&canary()),
             Some(IntOrString::Int(TRAFFIC_PORT))
         );
+        assert_eq!(router.apex_backend(&canary()), Some(ROUTER_NAME));
     }
 }
