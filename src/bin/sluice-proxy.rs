@@ -85,6 +85,13 @@ struct Args {
     /// How often the config file is checked for changes.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     reload_poll: Duration,
+    /// After SIGTERM: this long not ready but still serving, so endpoints stop sending
+    /// here before the port closes.
+    #[arg(long, env = "SLUICE_DRAIN_PERIOD", default_value = "0s", value_parser = parse_duration)]
+    drain_period: Duration,
+    /// Kubernetes mode: not ready once a watch has failed this long; 0s = never.
+    #[arg(long, env = "SLUICE_MAX_WATCH_OUTAGE", default_value = "5m", value_parser = parse_duration)]
+    max_watch_outage: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -126,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
         shadow_host_suffix: args.shadow_host_suffix,
         workload: args.workload.clone(),
         access_log: args.access_log,
+        max_watch_outage: (!args.max_watch_outage.is_zero()).then_some(args.max_watch_outage),
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(settings, options);
@@ -168,9 +176,14 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    tokio::select! {
-        _ = sluice::proxy::server::serve(proxy, traffic) => {}
-        _ = stop => tracing::info!("shutting down"),
+    let serving = tokio::spawn(sluice::proxy::server::serve(proxy.clone(), traffic));
+    stop.await;
+    proxy.start_draining();
+    if !args.drain_period.is_zero() {
+        tracing::info!(period = ?args.drain_period, "draining: not ready, still serving");
+        tokio::time::sleep(args.drain_period).await;
     }
+    tracing::info!("shutting down");
+    serving.abort();
     Ok(())
 }
