@@ -89,13 +89,52 @@ struct Args {
     /// here before the port closes.
     #[arg(long, env = "SLUICE_DRAIN_PERIOD", default_value = "0s", value_parser = parse_duration)]
     drain_period: Duration,
+    /// After the drain period: how long the open connections get to finish their
+    /// requests before the process exits anyway.
+    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    shutdown_timeout: Duration,
     /// Kubernetes mode: not ready once a watch has failed this long; 0s = never.
     #[arg(long, env = "SLUICE_MAX_WATCH_OUTAGE", default_value = "5m", value_parser = parse_duration)]
     max_watch_outage: Duration,
+    /// A request's headers must be in this long after its first byte (after the accept
+    /// for a connection's first request), else the connection is closed; 0s = off.
+    #[arg(long, env = "SLUICE_REQUEST_HEADERS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    request_headers_timeout: Duration,
+    /// A connection with no request in flight this long is closed; 0s = off.
+    #[arg(long, env = "SLUICE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// A request's whole body must be in this long after its headers, else 408; 0s = off.
+    #[arg(long, env = "SLUICE_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    request_body_timeout: Duration,
+    /// Open traffic-port connections; more are closed as soon as they are accepted.
+    #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Size of a request's line and headers (HTTP/2: its header list), else 431; >= 8KiB.
+    #[arg(long, env = "SLUICE_MAX_REQUEST_HEADERS_SIZE", default_value = "60KiB", value_parser = parse_size)]
+    max_request_headers_size: usize,
+    /// Headers in an HTTP/1 request, else 431.
+    #[arg(long, env = "SLUICE_MAX_HEADERS_COUNT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_headers_count: u32,
+    /// Request-body bytes buffered across all requests; a request that would exceed it
+    /// is answered 503 (flag OM).
+    #[arg(long, env = "SLUICE_REQUEST_BODY_BUDGET", default_value = "128MiB", value_parser = parse_size)]
+    request_body_budget: usize,
+    /// Streams open at once on one HTTP/2 connection.
+    #[arg(long, env = "SLUICE_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrent_streams: u32,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     sluice::api::istio::parse_duration(text)
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    sluice::proxy::downstream::parse_size(text)
+}
+
+/// `0s` turns a timeout off.
+fn unless_zero(timeout: Duration) -> Option<Duration> {
+    (!timeout.is_zero()).then_some(timeout)
 }
 
 fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -133,7 +172,15 @@ async fn main() -> anyhow::Result<()> {
         shadow_host_suffix: args.shadow_host_suffix,
         workload: args.workload.clone(),
         access_log: args.access_log,
-        max_watch_outage: (!args.max_watch_outage.is_zero()).then_some(args.max_watch_outage),
+        max_watch_outage: unless_zero(args.max_watch_outage),
+        request_headers_timeout: unless_zero(args.request_headers_timeout),
+        idle_timeout: unless_zero(args.idle_timeout),
+        request_body_timeout: unless_zero(args.request_body_timeout),
+        max_connections: args.max_connections as usize,
+        max_request_headers_bytes: args.max_request_headers_size,
+        max_request_headers: args.max_headers_count as usize,
+        request_body_budget: args.request_body_budget,
+        max_concurrent_streams: args.max_concurrent_streams,
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(settings, options);
@@ -176,14 +223,27 @@ async fn main() -> anyhow::Result<()> {
             }
         });
     }
-    let serving = tokio::spawn(sluice::proxy::server::serve(proxy.clone(), traffic));
+    let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(sluice::proxy::server::serve_until(
+        proxy.clone(),
+        traffic,
+        shutdown,
+    ));
     stop.await;
+    // Not ready first, while still serving: endpoints and kube-proxy stop sending new
+    // connections here; then no new connections, and the open ones finish politely.
     proxy.start_draining();
     if !args.drain_period.is_zero() {
         tracing::info!(period = ?args.drain_period, "draining: not ready, still serving");
         tokio::time::sleep(args.drain_period).await;
     }
-    tracing::info!("shutting down");
-    serving.abort();
+    let _ = shutdown_tx.send(true);
+    let _ = serving.await;
+    let deadline = tokio::time::Instant::now() + args.shutdown_timeout;
+    while proxy.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = proxy.open_connections();
+    tracing::info!(connections_cut = left, "shutting down");
     Ok(())
 }

@@ -56,6 +56,18 @@ pub struct EjectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// headers | idle | body
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolErrorLabels {
+    /// headers_too_large | malformed
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     /// ok | rejected
     pub result: String,
@@ -132,6 +144,12 @@ pub struct ProxyMetrics {
     pub config_reloads: Family<ReloadLabels, Counter>,
     /// Warnings of the live config (unsupported fields, subsets without endpoints).
     pub config_warnings: Gauge,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_overflow: Counter,
+    pub downstream_timeouts: Family<TimeoutLabels, Counter>,
+    pub downstream_protocol_errors: Family<ProtocolErrorLabels, Counter>,
+    pub downstream_rq_overload: Counter,
+    pub downstream_rq_buffered_bytes: Gauge,
 }
 
 impl Default for ProxyMetrics {
@@ -153,6 +171,12 @@ impl ProxyMetrics {
         let mirrored = Family::<ClusterLabels, Counter>::default();
         let config_reloads = Family::<ReloadLabels, Counter>::default();
         let config_warnings = Gauge::default();
+        let downstream_cx_active = Gauge::default();
+        let downstream_cx_overflow = Counter::default();
+        let downstream_timeouts = Family::<TimeoutLabels, Counter>::default();
+        let downstream_protocol_errors = Family::<ProtocolErrorLabels, Counter>::default();
+        let downstream_rq_overload = Counter::default();
+        let downstream_rq_buffered_bytes = Gauge::default();
         // Counter names get `_total` appended by the encoder.
         registry.register(
             "istio_requests",
@@ -204,6 +228,36 @@ impl ProxyMetrics {
             "Warnings of the live configuration, e.g. fields accepted but not enforced",
             config_warnings.clone(),
         );
+        registry.register(
+            "sluice_proxy_downstream_cx_active",
+            "Open connections on the traffic port",
+            downstream_cx_active.clone(),
+        );
+        registry.register(
+            "sluice_proxy_downstream_cx_overflow",
+            "Connections closed at once because --max-connections were open",
+            downstream_cx_overflow.clone(),
+        );
+        registry.register(
+            "sluice_proxy_downstream_timeouts",
+            "Downstream timeouts: headers and idle close the connection, body answers 408",
+            downstream_timeouts.clone(),
+        );
+        registry.register(
+            "sluice_proxy_downstream_cx_protocol_error",
+            "Connections ended by a request hyper rejected (431 too large, 400 malformed)",
+            downstream_protocol_errors.clone(),
+        );
+        registry.register(
+            "sluice_proxy_downstream_rq_overload",
+            "Requests answered 503 OM because the request-body budget was used up",
+            downstream_rq_overload.clone(),
+        );
+        registry.register(
+            "sluice_proxy_downstream_rq_buffered_bytes",
+            "Request-body bytes held in memory (counted against --request-body-budget)",
+            downstream_rq_buffered_bytes.clone(),
+        );
         ProxyMetrics {
             registry,
             requests,
@@ -216,6 +270,12 @@ impl ProxyMetrics {
             mirrored,
             config_reloads,
             config_warnings,
+            downstream_cx_active,
+            downstream_cx_overflow,
+            downstream_timeouts,
+            downstream_protocol_errors,
+            downstream_rq_overload,
+            downstream_rq_buffered_bytes,
         }
     }
 
@@ -237,6 +297,12 @@ impl ProxyMetrics {
             request_bytes: self.request_bytes.get_or_create(labels).clone(),
             response_bytes: self.response_bytes.get_or_create(labels).clone(),
         }
+    }
+
+    pub fn count_timeout(&self, kind: &str) {
+        self.downstream_timeouts
+            .get_or_create(&TimeoutLabels { kind: kind.into() })
+            .inc();
     }
 
     pub fn count_cluster(family: &Family<ClusterLabels, Counter>, cluster: &str) {

@@ -2,13 +2,15 @@
 //!
 //! `config` validates objects into an immutable `Snapshot`; `routes` matches requests
 //! (pure); `balance` picks endpoints; `resilience` decides retries, limits and ejections;
-//! `server` is the data path; `admin` serves metrics and the live config. The snapshot
+//! `server` is the data path, `downstream` its limits against hostile clients; `admin`
+//! serves metrics and the live config. The snapshot
 //! lives in an `ArcSwap`: a reload builds a new one and swaps it in atomically, and an
 //! invalid config leaves the last good one in place.
 
 pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod downstream;
 pub mod k8s;
 pub mod metrics;
 pub mod resilience;
@@ -45,6 +47,24 @@ pub struct ProxyOptions {
     /// Kubernetes mode: not ready once a watch has failed for longer than this (None =
     /// never, the last routes keep serving whatever happens to the API server).
     pub max_watch_outage: Option<Duration>,
+    /// A request's headers must be in this long after its first byte (after the accept
+    /// for a connection's first request); `None` = no limit.
+    pub request_headers_timeout: Option<Duration>,
+    /// A connection without a request in flight this long is closed; `None` = never.
+    pub idle_timeout: Option<Duration>,
+    /// A request's whole body must be in this long after its headers (else 408).
+    pub request_body_timeout: Option<Duration>,
+    /// Open traffic-port connections; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// Request line and headers of an HTTP/1 request, the header list of an HTTP/2 one
+    /// (431 beyond); at least 8 KiB.
+    pub max_request_headers_bytes: usize,
+    /// Headers of an HTTP/1 request (431 beyond).
+    pub max_request_headers: usize,
+    /// Request-body bytes buffered across all requests (503 `OM` beyond).
+    pub request_body_budget: usize,
+    /// Streams open at once on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ProxyOptions {
@@ -56,6 +76,14 @@ impl Default for ProxyOptions {
             access_log: true,
             connect_timeout: Duration::from_secs(10),
             max_watch_outage: Some(Duration::from_secs(300)),
+            request_headers_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            request_body_timeout: Some(Duration::from_secs(60)),
+            max_connections: 4096,
+            max_request_headers_bytes: 60 * 1024,
+            max_request_headers: 100,
+            request_body_budget: 128 * 1024 * 1024,
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -65,6 +93,8 @@ pub struct Proxy {
     pub settings: ProxySettings,
     pub options: ProxyOptions,
     pub metrics: ProxyMetrics,
+    /// Open connections and buffered body bytes, across the traffic port.
+    downstream: downstream::Limits,
     /// Pooled keep-alive client.
     client: Client<HttpConnector, Full<Bytes>>,
     /// For clusters with `maxRequestsPerConnection: 1`.
@@ -131,11 +161,14 @@ impl Proxy {
             table: routes::RouteTable::new(settings.namespace.clone(), Vec::new(), Vec::new()),
             ..Default::default()
         };
+        let metrics = ProxyMetrics::new();
+        let downstream = downstream::Limits::new(&options, &metrics);
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(empty),
             settings,
             options,
-            metrics: ProxyMetrics::new(),
+            metrics,
+            downstream,
             client,
             client_without_keepalive,
             client_h2c,
@@ -164,6 +197,11 @@ impl Proxy {
     }
 
     /// Turns not ready for good: the process is shutting down.
+    /// Downstream connections open now (they end after a shutdown).
+    pub fn open_connections(&self) -> usize {
+        self.downstream.open()
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }

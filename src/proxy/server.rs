@@ -10,16 +10,19 @@ use http::header::{HeaderMap, HeaderValue, HOST};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use rand::RngExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::proxy::balance::{self, Cluster, Endpoint, InFlight, IssuedCookie, PickOptions};
 use crate::proxy::config::Snapshot;
+use crate::proxy::downstream::{self, Activity, BodyLimits, ConnectionSlot, Timeout, Watched};
 use crate::proxy::metrics::{
-    EjectionLabels, HandleKey, OverflowLabels, ProxyMetrics, RequestHandles, RequestLabels, UNKNOWN,
+    EjectionLabels, HandleKey, OverflowLabels, ProtocolErrorLabels, ProxyMetrics, RequestHandles,
+    RequestLabels, UNKNOWN,
 };
 use crate::proxy::resilience::{Overflow, PoolGuard, RetryPolicy, TryOutcome};
 use crate::proxy::routes::{
@@ -47,13 +50,35 @@ const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// How long a mirrored copy may take before it is abandoned.
 const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long an idle connection's graceful close may take before it is dropped.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 // === Accepting ===
 
 /// Serves the proxy port (HTTP/1.1 and h2c) until the task is dropped.
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
+    let (_never, shutdown) = tokio::sync::watch::channel(false);
+    serve_until(proxy, listener, shutdown).await;
+}
+
+/// Serves the proxy port until `shutdown` turns true; then stops accepting (the
+/// listener closes) and asks each open connection to finish politely: an HTTP/1.1
+/// connection closes after the response in flight (`connection: close`), an HTTP/2 one
+/// gets a GOAWAY and ends after its open streams. Returns once accepting has stopped;
+/// `Limits::open` tells when the last connection is gone.
+pub async fn serve_until(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let http = Arc::new(downstream::http_builder(&proxy.options));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopping(&mut shutdown) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -61,23 +86,98 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
                 continue;
             }
         };
+        // Over the cap the connection is closed unread: cheaper than any answer, and an
+        // HTTP/1 answer would be garbage to an h2c client.
+        let Some(slot) = proxy.downstream.admit() else {
+            proxy.metrics.downstream_cx_overflow.inc();
+            tracing::debug!(%peer, "connection limit reached, connection closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(proxy.handle(req, local_port, peer).await)
-                }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%error, %peer, "downstream connection ended with an error");
+        tokio::spawn(serve_connection(
+            proxy.clone(),
+            http.clone(),
+            stream,
+            peer,
+            local_port,
+            slot,
+            shutdown.clone(),
+        ));
+    }
+}
+
+/// Resolves once `shutdown` is true; never when its sender is gone without saying so.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// One downstream connection, closed when a request's headers or the next request are
+/// overdue (`downstream::Activity`).
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local_port: u16,
+    _slot: ConnectionSlot,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let activity = Activity::new(
+        proxy.options.request_headers_timeout,
+        proxy.options.idle_timeout,
+    );
+    let service = {
+        let (proxy, activity) = (proxy.clone(), activity.clone());
+        hyper::service::service_fn(move |req| {
+            let proxy = proxy.clone();
+            let request = activity.request_started();
+            async move {
+                let response = proxy.handle(req, local_port, peer).await;
+                Ok::<_, std::convert::Infallible>(response.map(|body| request.track(body)))
             }
-        });
+        })
+    };
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let mut connection = std::pin::pin!(http.serve_connection(io, service));
+    let check = tokio::time::sleep(Duration::ZERO);
+    let mut check = std::pin::pin!(check);
+    let timeout = loop {
+        let next = activity.next_check(tokio::time::Instant::now());
+        if let Some(at) = next {
+            check.as_mut().reset(at);
+        }
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    proxy.count_protocol_error(&*error);
+                    tracing::debug!(%error, %peer, "downstream connection ended with an error");
+                }
+                return;
+            }
+            () = activity.sooner() => {}
+            () = stopping(&mut shutdown) => {
+                connection.as_mut().graceful_shutdown();
+                if let Err(error) = connection.as_mut().await {
+                    tracing::debug!(%error, %peer, "downstream connection ended with an error while draining");
+                }
+                return;
+            }
+            () = &mut check, if next.is_some() => {
+                if let Some(timeout) = activity.expired(tokio::time::Instant::now()) {
+                    break timeout;
+                }
+            }
+        }
+    };
+    proxy.metrics.count_timeout(timeout.label());
+    tracing::debug!(%peer, timeout = timeout.label(), "downstream connection timed out");
+    if timeout == Timeout::Idle {
+        // HTTP/2 gets a GOAWAY (an idle HTTP/1 connection just closes); a request racing
+        // it may still finish.
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, connection).await;
     }
 }
 
@@ -354,22 +454,19 @@ impl Proxy {
         // `finish` takes it from the cluster, without a copy on the common path.
         let unserved = |record: &mut Record| record.service = Some(cluster_key.service.clone());
 
-        let body = match Limited::new(body, self.options.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(collected) => {
-                let bytes = collected.to_bytes();
+        let limits = BodyLimits {
+            max_bytes: self.options.max_body_bytes,
+            timeout: self.options.request_body_timeout,
+            budget: &self.downstream.body_budget,
+        };
+        let body = match downstream::read_body(body, limits).await {
+            Ok(bytes) => {
                 record.request_bytes = bytes.len() as u64;
                 bytes
             }
             Err(error) => {
                 unserved(record);
-                if error.is::<http_body_util::LengthLimitError>() {
-                    return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-                }
-                record.flag("DC");
-                return local_reply(StatusCode::BAD_REQUEST, "downstream disconnected");
+                return self.body_error_reply(&error, record);
             }
         };
 
@@ -664,6 +761,64 @@ impl Proxy {
                 (TryOutcome::Reset, None)
             }
         }
+    }
+
+    /// The local answer to a request whose body could not be read whole.
+    fn body_error_reply(
+        &self,
+        error: &downstream::Error,
+        record: &mut Record,
+    ) -> Response<ProxyBody> {
+        match error {
+            downstream::Error::BodyTooLarge { .. } => {
+                local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+            }
+            downstream::Error::BudgetExhausted { .. } => {
+                self.metrics.downstream_rq_overload.inc();
+                record.flag("OM");
+                let mut response = local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded: request body buffers are full",
+                );
+                response
+                    .headers_mut()
+                    .insert("x-envoy-overloaded", HeaderValue::from_static("true"));
+                response
+            }
+            downstream::Error::BodyTimeout(_) => {
+                self.metrics.count_timeout(Timeout::Body.label());
+                // The rest of the body may still be on its way: this connection is done.
+                let mut response = local_reply(StatusCode::REQUEST_TIMEOUT, "request timeout");
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                response
+            }
+            downstream::Error::BodyRead(_) => {
+                record.flag("DC");
+                local_reply(StatusCode::BAD_REQUEST, "downstream disconnected")
+            }
+        }
+    }
+
+    /// Counts a connection that hyper ended over a request it rejected itself.
+    fn count_protocol_error(&self, error: &(dyn std::error::Error + 'static)) {
+        let Some(error) = error.downcast_ref::<hyper::Error>() else {
+            return;
+        };
+        let reason = if error.is_parse_too_large() {
+            "headers_too_large"
+        } else if error.is_parse() {
+            "malformed"
+        } else {
+            return;
+        };
+        self.metrics
+            .downstream_protocol_errors
+            .get_or_create(&ProtocolErrorLabels {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     fn count_overflow(&self, cluster: &str, kind: Overflow) {

@@ -70,10 +70,20 @@ pub fn parse(yaml: &str) -> ConfigFile {
 }
 
 pub async fn start_proxy(yaml: &str, settings: ProxySettings) -> RunningProxy {
-    let options = ProxyOptions {
+    start_proxy_with(yaml, settings, |_| {}).await
+}
+
+/// `start_proxy` with options changed by `tweak` (access log off before it runs).
+pub async fn start_proxy_with(
+    yaml: &str,
+    settings: ProxySettings,
+    tweak: impl FnOnce(&mut ProxyOptions),
+) -> RunningProxy {
+    let mut options = ProxyOptions {
         access_log: false,
         ..ProxyOptions::default()
     };
+    tweak(&mut options);
     let proxy = Proxy::new(settings, options);
     proxy.apply(&parse(yaml)).expect("config is valid");
     let traffic = tokio::net::TcpListener::bind(SocketAddr::from((LOOPBACK, 0)))
@@ -144,12 +154,34 @@ impl HttpClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Reply {
+        self.send(http::Method::GET, addr, host, path, headers, Bytes::new())
+            .await
+    }
+
+    /// POST `body` to `path` on `addr` with the given Host; 10 s bound.
+    pub async fn post(&self, addr: SocketAddr, host: &str, path: &str, body: Bytes) -> Reply {
+        self.send(http::Method::POST, addr, host, path, &[], body)
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: http::Method,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
         assert!(addr.ip().is_loopback(), "tests talk to loopback only");
-        let mut builder = Request::get(format!("http://{addr}{path}")).header("host", host);
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("host", host);
         for (k, v) in headers {
             builder = builder.header(*k, *v);
         }
-        let request = builder.body(Full::new(Bytes::new())).unwrap();
+        let request = builder.body(Full::new(body)).unwrap();
         let call = async {
             let response = self.0.request(request).await.expect("request completes");
             let status = response.status();
