@@ -125,8 +125,6 @@ timeout 600 target/debug/sluice-demo-live --namespace "$DEMO_NS" \
   || die "the live demo failed (exit $?; 124 = it ran over 10 minutes); $(hint)"
 live=$(($(date +%s) - live_start))
 
-router_ip=$(kubectl -n "$DEMO_NS" get pods -l app.kubernetes.io/name=sluice-router \
-  -o jsonpath='{.items[0].status.podIP}')
 webapp_ip=$(kubectl -n "$DEMO_NS" get pods -l app=webapp -o jsonpath='{.items[0].status.podIP}')
 stage "6/6 done: whole demo $(since), live part ${live} s"
 cat <<EOF
@@ -137,7 +135,8 @@ The cluster is still up. To look around:
   kubectl -n $DEMO_NS get canary -o wide
   kubectl -n $DEMO_NS describe canary catalog-release      # one event per decision
   kubectl -n $DEMO_NS get virtualservice catalog -o yaml
-  curl -s http://$router_ip:15000/config/routes             # the router's live routes
+  kubectl -n $DEMO_NS port-forward deploy/sluice-router 15000 &   # the router's admin port,
+  curl -s http://127.0.0.1:15000/config/routes              # ... its live routes (local only)
   curl -s http://$webapp_ip:8080/                             # webapp, which calls http://catalog/items
   kubectl -n $DEMO_NS set env deploy/catalog ERROR_RATE-    # v3 without the fault: a new release
   kubectl -n $DEMO_NS get canary -w                         # ... followed step by step

@@ -119,6 +119,10 @@ struct Args {
     /// is answered 503 (flag OM).
     #[arg(long, env = "SLUICE_REQUEST_BODY_BUDGET", default_value = "128MiB", value_parser = parse_size)]
     request_body_budget: usize,
+    /// The admin port's /config/* views answer any client (default: only local ones,
+    /// e.g. through kubectl port-forward).
+    #[arg(long, env = "SLUICE_ADMIN_CONFIG_OPEN", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    admin_config_open: bool,
     /// Streams open at once on one HTTP/2 connection.
     #[arg(long, env = "SLUICE_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_streams: u32,
@@ -181,6 +185,7 @@ async fn main() -> anyhow::Result<()> {
         max_request_headers: args.max_headers_count as usize,
         request_body_budget: args.request_body_budget,
         max_concurrent_streams: args.max_concurrent_streams,
+        admin_config_open: args.admin_config_open,
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(settings, options);

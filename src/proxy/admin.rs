@@ -4,6 +4,7 @@
 //! Envoy-style counters at `/stats`, `/healthz` (alive) and `/readyz` (ready for traffic,
 //! or why not).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +22,7 @@ use crate::proxy::Proxy;
 
 pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
@@ -29,7 +30,7 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req)) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&proxy, req, peer.ip())) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -38,8 +39,21 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
     }
 }
 
-fn handle(proxy: &Proxy, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `/config/*` shows every route, endpoint and caller: only to this host (in a pod: its
+/// own network namespace, which `kubectl port-forward` reaches) unless opened.
+fn config_allowed(path: &str, peer: IpAddr, open: bool) -> bool {
+    !path.starts_with("/config/") || open || peer.to_canonical().is_loopback()
+}
+
+fn handle(proxy: &Proxy, req: Request<Incoming>, peer: IpAddr) -> Response<Full<Bytes>> {
     let snapshot = proxy.snapshot();
+    if !config_allowed(req.uri().path(), peer, proxy.options.admin_config_open) {
+        return text(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "the /config views answer only local clients: kubectl port-forward to the admin port, or run with --admin-config-open\n".into(),
+        );
+    }
     match req.uri().path() {
         "/metrics" | "/stats/prometheus" => text(
             StatusCode::OK,
@@ -261,4 +275,30 @@ fn envoy_stats(snapshot: &Snapshot) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_views_answer_local_clients_unless_opened() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // (path, peer, open, allowed)
+        for (path, peer, open, allowed) in [
+            ("/config/routes", "127.0.0.1", false, true),
+            ("/config/routes", "::1", false, true),
+            ("/config/routes", "::ffff:127.0.0.1", false, true),
+            ("/config/routes", "10.244.0.9", false, false),
+            ("/config/callers", "10.244.0.9", true, true),
+            ("/metrics", "10.244.0.9", false, true),
+            ("/readyz", "10.244.0.9", false, true),
+        ] {
+            assert_eq!(
+                config_allowed(path, ip(peer), open),
+                allowed,
+                "{path} from {peer}"
+            );
+        }
+    }
 }

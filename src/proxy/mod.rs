@@ -65,6 +65,8 @@ pub struct ProxyOptions {
     pub request_body_budget: usize,
     /// Streams open at once on one HTTP/2 connection.
     pub max_concurrent_streams: u32,
+    /// The admin port's `/config/*` answers any client, not only local ones.
+    pub admin_config_open: bool,
 }
 
 impl Default for ProxyOptions {
@@ -84,6 +86,7 @@ impl Default for ProxyOptions {
             max_request_headers: 100,
             request_body_budget: 128 * 1024 * 1024,
             max_concurrent_streams: 100,
+            admin_config_open: false,
         }
     }
 }

@@ -116,7 +116,8 @@ pub fn fail(ns: &str, message: &str) -> ! {
             Err(err) => eprintln!("{err}"),
         }
     }
-    // The router's own view: endpoints and request counters.
+    // The router's own view: endpoints (local clients only: through a port-forward, as a
+    // user would) and request counters.
     let routers = kubectl(&[
         "-n",
         ns,
@@ -125,23 +126,30 @@ pub fn fail(ns: &str, message: &str) -> ! {
         "-l",
         "app.kubernetes.io/name=sluice-router",
         "-o",
-        "jsonpath={.items[*].status.podIP}",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.podIP}{\"\\n\"}{end}",
     ])
     .unwrap_or_default();
-    for ip in routers.split_whitespace() {
-        for path in ["/config/endpoints", "/metrics"] {
-            let out = std::process::Command::new("curl")
-                .args(["-s", "--max-time", "3", &format!("http://{ip}:15000{path}")])
-                .output();
-            if let Ok(out) = out {
-                let text = String::from_utf8_lossy(&out.stdout);
-                eprintln!("\n--- router {ip}{path}");
-                for line in text
-                    .lines()
-                    .filter(|l| path != "/metrics" || l.starts_with("istio_requests_total{"))
-                {
-                    eprintln!("{line}");
-                }
+    for (pod, ip) in routers.lines().filter_map(|l| l.split_once(' ')) {
+        eprintln!("\n--- router {pod} /config/endpoints");
+        eprintln!(
+            "{}",
+            router_admin(ns, pod, "/config/endpoints").unwrap_or_else(|e| e)
+        );
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "3",
+                &format!("http://{ip}:15000/metrics"),
+            ])
+            .output();
+        if let Ok(out) = out {
+            eprintln!("\n--- router {pod} ({ip}) /metrics");
+            for line in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("istio_requests_total{"))
+            {
+                eprintln!("{line}");
             }
         }
     }
@@ -185,4 +193,39 @@ impl Drop for TestNamespace {
             let _ = kubectl(&["delete", "namespace", &self.0, "--wait=false"]);
         }
     }
+}
+
+/// GET `path` from a router pod's admin port through `kubectl port-forward` (its
+/// `/config/*` views answer local clients only).
+pub fn router_admin(ns: &str, pod: &str, path: &str) -> Result<String, String> {
+    use std::io::{BufRead, BufReader};
+    let mut forward = Command::new("kubectl")
+        .env("KUBECONFIG", kubeconfig())
+        .args(["-n", ns, "port-forward", &format!("pod/{pod}"), ":15000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("kubectl port-forward: {e}"))?;
+    let port = forward.stdout.take().and_then(|out| {
+        // "Forwarding from 127.0.0.1:40123 -> 15000"
+        let line = BufReader::new(out).lines().next()?.ok()?;
+        let local = line.split_whitespace().nth(2)?;
+        local.rsplit(':').next()?.parse::<u16>().ok()
+    });
+    let result = match port {
+        Some(port) => Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "3",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .map_err(|e| format!("curl: {e}")),
+        None => Err("kubectl port-forward did not say its port".into()),
+    };
+    let _ = forward.kill();
+    let _ = forward.wait();
+    result
 }
