@@ -614,6 +614,54 @@ async fn a_router_tells_the_application_who_called() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_at_weight_0_gets_no_request_not_even_a_retry() {
+    // v1 fails a third of its answers, so retries happen; they stay on v1's subset.
+    let v1 = demo("catalog", "v1", |c| {
+        c.catalog = true;
+        c.error_rate = 0.3;
+    })
+    .await;
+    let v2 = demo("catalog", "v2", |c| c.catalog = true).await;
+    let routes = |v1_weight: u32, v2_weight: u32| {
+        format!(
+            "    - retries: {{attempts: 5, retryOn: 5xx}}\n      route:\n      - {{destination: {{host: catalog, subset: version-v1}}, weight: {v1_weight}}}\n      - {{destination: {{host: catalog, subset: version-v2}}, weight: {v2_weight}}}"
+        )
+    };
+    let proxy = start_proxy(
+        &catalog_yaml(v1.addr, v2.addr, &routes(100, 0)),
+        settings("istioinaction", false),
+    )
+    .await;
+    let client = HttpClient::default();
+    let send = |n: usize| {
+        let (client, addr) = (client.clone(), proxy.addr);
+        async move {
+            for _ in 0..n {
+                client.get(addr, "catalog", "/items", &[]).await;
+            }
+        }
+    };
+    send(300).await;
+    assert!(v1.served() >= 300, "v1 served {}", v1.served());
+    assert_eq!(v2.served(), 0, "weight 0, with retries");
+
+    // Up to 10 and back to 0: once the reload returns, v2 gets nothing more.
+    proxy
+        .proxy
+        .apply(&parse(&catalog_yaml(v1.addr, v2.addr, &routes(90, 10))))
+        .unwrap();
+    send(200).await;
+    let at_10 = v2.served();
+    assert!(at_10 > 0, "weight 10 reached v2");
+    proxy
+        .proxy
+        .apply(&parse(&catalog_yaml(v1.addr, v2.addr, &routes(100, 0))))
+        .unwrap();
+    send(300).await;
+    assert_eq!(v2.served(), at_10, "back at weight 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_and_peak_ewma_avoid_a_slow_backend() {
     let slow_latency = Duration::from_millis(150);
     let mut served_by_slow = Vec::new();

@@ -387,7 +387,16 @@ impl Proxy {
             retries: 0,
             request_bytes: 0,
         };
-        let response = self.route_request(req, local_port, peer, &mut record).await;
+        let http1 = req.version() != http::Version::HTTP_2;
+        let mut response = self.route_request(req, local_port, peer, &mut record).await;
+        // While draining, HTTP/1.1 clients are told to reconnect (by then to another
+        // replica), each after an answered request, so no idle connection is cut under
+        // a request the client is sending.
+        if http1 && self.is_draining() {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let handles = self.finish(&record, &response, started, peer);
         handles.request_bytes.observe(record.request_bytes as f64);
         let sizes = handles.response_bytes;

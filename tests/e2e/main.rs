@@ -7,6 +7,7 @@ mod plugin;
 mod strategies;
 mod support;
 mod traffic;
+mod zero_loss;
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -210,6 +210,8 @@ impl Load {
 /// The router's own counts by destination workload: (requests, 5xx answers).
 type RouterCounts = BTreeMap<String, (f64, f64)>;
 
+const ROUTER_SELECTOR: &str = "app.kubernetes.io/name=sluice-router";
+
 /// Sums `istio_requests_total` of the router's `/metrics` by `destination_workload`.
 fn parse_router_counts(text: &str) -> RouterCounts {
     let mut out = RouterCounts::new();
@@ -374,7 +376,6 @@ struct Demo {
     args: Args,
     client: Client,
     http: reqwest::Client,
-    router_ip: Ipv4Addr,
     load: Load,
     started: Instant,
 }
@@ -398,12 +399,32 @@ impl Demo {
         Ok(parse_status(&obj))
     }
 
+    /// The counters of every router pod, summed (the router runs several replicas).
     async fn router_counts(&self) -> RouterCounts {
-        let url = format!("http://{}:15000/metrics", self.router_ip);
-        match self.http.get(&url).send().await {
-            Ok(r) => parse_router_counts(&r.text().await.unwrap_or_default()),
-            Err(_) => RouterCounts::new(),
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.args.namespace);
+        let list = pods
+            .list(&ListParams::default().labels(ROUTER_SELECTOR))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut total = RouterCounts::new();
+        for ip in list
+            .into_iter()
+            .filter_map(|p| p.status?.pod_ip?.parse::<Ipv4Addr>().ok())
+            .filter(|ip| pod_ip_ok(*ip))
+        {
+            let url = format!("http://{ip}:15000/metrics");
+            if let Ok(r) = self.http.get(&url).send().await {
+                for (workload, (n, errors)) in
+                    parse_router_counts(&r.text().await.unwrap_or_default())
+                {
+                    let entry = total.entry(workload).or_insert((0.0, 0.0));
+                    entry.0 += n;
+                    entry.1 += errors;
+                }
+            }
         }
+        total
     }
 
     async fn primary_image(&self) -> Result<String> {
@@ -733,13 +754,7 @@ async fn main() -> Result<()> {
         .await
         .context("connecting to the cluster (KUBECONFIG)")?;
     let ns = args.namespace.clone();
-    let router_ip = pod_ip(
-        &client,
-        &ns,
-        "app.kubernetes.io/name=sluice-router",
-        "sluice-router",
-    )
-    .await?;
+    pod_ip(&client, &ns, ROUTER_SELECTOR, "sluice-router").await?;
     let client_ip = pod_ip(&client, &ns, &format!("app={}", args.client), &args.client).await?;
     // No proxy from the environment: requests go straight to the pods.
     let http = reqwest::Client::builder()
@@ -760,7 +775,6 @@ async fn main() -> Result<()> {
         args,
         client,
         http,
-        router_ip,
         load,
         started,
     };
