@@ -14,13 +14,24 @@ if [ -z "${SLUICE_E2E_LOCKED:-}" ]; then
   exec env SLUICE_E2E_LOCKED=1 flock -o /tmp/sluice-e2e.lock "$0" "$@"
 fi
 ./hack/images.sh
+# A cluster this run starts is stopped at the end (SLUICE_E2E_KEEP=1 keeps it), so a CI
+# run leaves nothing running; one that was up before stays up.
+stop_cluster=false
+if ! ./hack/cluster.sh status >/dev/null 2>&1 && [ -z "${SLUICE_E2E_KEEP:-}" ]; then
+  stop_cluster=true
+fi
+out=$(mktemp)
+cleanup() {
+  rm -f "$out"
+  if $stop_cluster; then ./hack/cluster.sh down >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
 ./hack/cluster.sh up
 ./hack/cluster.sh load-images
 eval "$(./hack/cluster.sh env)"
 ./hack/ensure-helm.sh >/dev/null
 # kubectl-sluice and `sluice-controller --print-router-manifest` run on the host.
 cargo build --locked --bins
-out=$(mktemp); trap 'rm -f "$out"' EXIT
 if cargo test --locked --test e2e -- --ignored --test-threads=1 "$@" 2>&1 | tee "$out"; then
   exit 0
 fi

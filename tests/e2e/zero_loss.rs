@@ -3,7 +3,8 @@
 //! sluice-router, and every answer that is not 2xx and every request without an answer is
 //! counted, across the adoption of a Service that was live before its Canary, a whole
 //! release, a router rollout and the deletion of a router pod during a release, and a
-//! controller restart mid-release. The goal is 0 in each window.
+//! controller restart mid-release. The goal is 0 in each window. Then router objects
+//! deleted by hand come back, and the router is removed once no Canary uses it.
 //!
 //! The app follows the usual zero-downtime practice of a healthy version: a preStop
 //! sleep, so a pod being replaced keeps serving while the endpoints catch up.
@@ -386,4 +387,64 @@ fn no_request_fails_across_adoption_releases_router_disruptions_and_a_controller
     if !failed.is_empty() {
         fail(ns, &format!("requests failed: {failed:?}"));
     }
+
+    // Router objects deleted by hand come back without a controller restart.
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "delete",
+            "role,deployment",
+            "sluice-router",
+            "--wait=true",
+        ],
+    );
+    wait_for(
+        ns,
+        "the router Deployment and Role back",
+        Duration::from_secs(120),
+        || {
+            let back = kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "role/sluice-router",
+                "deploy/sluice-router",
+            ])
+            .is_ok();
+            (back && ready_routers(ns) == 2).then_some(())
+        },
+    );
+    // No Canary uses the router any more: it is removed.
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "delete",
+            "canary",
+            "catalog-release",
+            "--wait=true",
+        ],
+    );
+    wait_for(
+        ns,
+        "the unused router removed",
+        Duration::from_secs(120),
+        || {
+            let left = kubectl(&[
+                "-n",
+                ns,
+                "get",
+                "deploy,role,rolebinding,serviceaccount,poddisruptionbudget",
+                "-l",
+                "sluice.dev/router=for-canaries",
+                "-o",
+                "name",
+            ])
+            .ok()?;
+            left.trim().is_empty().then_some(())
+        },
+    );
 }
