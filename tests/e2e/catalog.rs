@@ -51,7 +51,7 @@ fn canary_for_this_cluster() -> String {
 const STOREFRONT: &str = r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: storefront, labels: {app: storefront}}
+metadata: {name: storefront, namespace: istioinaction, labels: {app: storefront}}
 spec:
   terminationGracePeriodSeconds: 2
   containers:
