@@ -314,11 +314,11 @@ async fn ensure_objects(
     // The router and its routes before the Services: the apex must not lead to a router
     // that does not exist yet.
     for obj in router.static_objects(canary)? {
-        apply_dynamic(ctx, ns, obj).await?;
+        apply_dynamic(ctx, canary, ns, obj).await?;
     }
     if let Some(routes) = &plan.routes {
         for obj in router.route_objects(canary, routes.clone())? {
-            apply_dynamic(ctx, ns, obj).await?;
+            apply_dynamic(ctx, canary, ns, obj).await?;
         }
     }
     let apex_selector = router.apex_selector(canary, app);
@@ -467,10 +467,22 @@ where
 
 /// Applies a router object; VirtualServices and DestinationRules are also compared by
 /// spec so that a hand edit is put back.
-async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Result<bool, Error> {
+async fn apply_dynamic(
+    ctx: &Context,
+    canary: &Canary,
+    ns: &str,
+    mut obj: DynamicObject,
+) -> Result<bool, Error> {
     let types = obj.types.clone().unwrap_or_default();
     let hash = content_hash(&obj)?;
     let name = obj.name_any();
+    // Per Canary (by uid): a namespace deleted and made again with a new Canary must not
+    // find its objects "recently applied".
+    let applied_key = format!(
+        "{}/{}/{ns}/{name}",
+        canary.metadata.uid.as_deref().unwrap_or_default(),
+        types.kind
+    );
     let unchanged = match types.kind.as_str() {
         "VirtualService" => ctx
             .stores
@@ -494,9 +506,9 @@ async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Resul
                 .deployments
                 .get(&ObjectRef::new(&name).within(ns))
                 .is_some_and(|c| c.annotations().get(APPLIED_HASH) == Some(&hash))
-                && recently_applied(ctx, &types.kind, ns, &name, &hash)
+                && recently_applied(ctx, &applied_key, &hash)
         }
-        _ => recently_applied(ctx, &types.kind, ns, &name, &hash),
+        _ => recently_applied(ctx, &applied_key, &hash),
     };
     if unchanged {
         return Ok(false);
@@ -516,19 +528,22 @@ async fn apply_dynamic(ctx: &Context, ns: &str, mut obj: DynamicObject) -> Resul
         &Patch::Apply(&obj),
     )
     .await?;
-    ctx.applied.lock().insert(
-        format!("{}/{ns}/{name}", types.kind),
-        (hash, Instant::now()),
-    );
+    let mut applied = ctx.applied.lock();
+    // Expired entries (of deleted Canaries too) are forgotten now and then.
+    if applied.len() > 1024 {
+        applied.retain(|_, (_, at)| at.elapsed() < REAPPLY_AFTER);
+    }
+    applied.insert(applied_key, (hash, Instant::now()));
+    drop(applied);
     Ok(true)
 }
 
-/// This process applied exactly this content to the object less than
+/// This process applied exactly this content to the object (for this Canary) less than
 /// [`REAPPLY_AFTER`] ago.
-fn recently_applied(ctx: &Context, kind: &str, ns: &str, name: &str, hash: &str) -> bool {
+fn recently_applied(ctx: &Context, key: &str, hash: &str) -> bool {
     ctx.applied
         .lock()
-        .get(&format!("{kind}/{ns}/{name}"))
+        .get(key)
         .is_some_and(|(h, at)| h == hash && at.elapsed() < REAPPLY_AFTER)
 }
 
