@@ -1,5 +1,7 @@
 //! sluice-demo: a small configurable HTTP backend. Settings come from the environment
 //! (see `sluice::demo::DemoConfig::from_lookup`); a flag overrides its variable.
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::Parser;
 
@@ -89,9 +91,11 @@ async fn main() -> anyhow::Result<()> {
     let stop = sluice::shutdown::signal();
     let handle = sluice::demo::spawn(config.clone()).await?;
     tracing::info!(addr = %handle.addr, name = %config.name, version = %config.version, "sluice-demo listening");
-    tokio::select! {
-        _ = handle.wait() => {}
-        _ = stop => {}
-    }
+    stop.await;
+    // Busy keep-alive clients are told to reconnect for a second, then the port closes
+    // and requests in flight finish: no caller sees a connection cut under a request.
+    handle
+        .shutdown(Duration::from_secs(1), Duration::from_secs(5))
+        .await;
     Ok(())
 }

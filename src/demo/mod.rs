@@ -298,6 +298,10 @@ pub struct ReceivedRequest {
 
 struct DemoState {
     config: DemoConfig,
+    /// Shutting down: HTTP/1.1 answers say `connection: close`.
+    closing: std::sync::atomic::AtomicBool,
+    /// Set once the port must close and the connections finish.
+    stop: tokio::sync::watch::Sender<bool>,
     served: AtomicU64,
     received: Mutex<VecDeque<ReceivedRequest>>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
@@ -327,6 +331,23 @@ impl DemoHandle {
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;
     }
+
+    /// Stops politely, as an app should on SIGTERM: for `linger`, every HTTP/1.1 answer
+    /// says `connection: close`, so busy keep-alive clients reconnect elsewhere after an
+    /// answered request; then the port closes and each connection finishes its request in
+    /// flight (HTTP/2: GOAWAY). Returns when all are done or `timeout` passed.
+    pub async fn shutdown(mut self, linger: Duration, timeout: Duration) {
+        self.state
+            .closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::sleep(linger).await;
+        let _ = self.state.stop.send(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _ = tokio::time::timeout_at(deadline, &mut self.task).await;
+        while self.state.stop.receiver_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for DemoHandle {
@@ -349,6 +370,8 @@ pub async fn spawn(config: DemoConfig) -> Result<DemoHandle, Error> {
     })?;
     let state = Arc::new(DemoState {
         config,
+        closing: std::sync::atomic::AtomicBool::new(false),
+        stop: tokio::sync::watch::channel(false).0,
         served: AtomicU64::new(0),
         received: Mutex::new(VecDeque::new()),
         client: Client::builder(TokioExecutor::new()).build_http(),
@@ -357,9 +380,21 @@ pub async fn spawn(config: DemoConfig) -> Result<DemoHandle, Error> {
     Ok(DemoHandle { addr, state, task })
 }
 
+/// Resolves once the stop flag is set.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 async fn accept_loop(listener: TcpListener, state: Arc<DemoState>) {
+    let mut stop = state.stop.subscribe();
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stopped(&mut stop) => return,
+        };
+        let (stream, _) = match accepted {
             Ok(conn) => conn,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -368,13 +403,35 @@ async fn accept_loop(listener: TcpListener, state: Arc<DemoState>) {
             }
         };
         let state = state.clone();
+        // Held by the connection: the shutdown waits until every one is gone.
+        let mut stop = state.stop.subscribe();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move {
+                    let http1 = req.version() != http::Version::HTTP_2;
+                    let closing = state.closing.load(std::sync::atomic::Ordering::Relaxed);
+                    let mut response = handle(state, req).await?;
+                    if http1 && closing {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok::<_, DeliberateReset>(response)
+                }
+            });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
             // Connection errors include the deliberate resets of ERROR_TYPE=reset.
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = stopped(&mut stop) => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
         });
     }
 }
