@@ -1,4 +1,4 @@
-//! The one shutdown signal of every long-running binary.
+//! The one shutdown signal of every long-running binary, and the flag its servers wait on.
 use std::future::Future;
 
 use tokio::signal::unix::{signal as unix_signal, Signal, SignalKind};
@@ -34,5 +34,13 @@ async fn recv(signal: Option<Signal>) {
             signal.recv().await;
         }
         None => std::future::pending().await,
+    }
+}
+
+/// Resolves once `flag` is true, the in-process side of a shutdown (e.g. what a server's
+/// connections wait on); never when the sender is gone without setting it.
+pub async fn flagged(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    if flag.wait_for(|set| *set).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

@@ -380,19 +380,12 @@ pub async fn spawn(config: DemoConfig) -> Result<DemoHandle, Error> {
     Ok(DemoHandle { addr, state, task })
 }
 
-/// Resolves once the stop flag is set.
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    if stop.wait_for(|s| *s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 async fn accept_loop(listener: TcpListener, state: Arc<DemoState>) {
     let mut stop = state.stop.subscribe();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stopped(&mut stop) => return,
+            () = crate::shutdown::flagged(&mut stop) => return,
         };
         let (stream, _) = match accepted {
             Ok(conn) => conn,
@@ -427,7 +420,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<DemoState>) {
             // Connection errors include the deliberate resets of ERROR_TYPE=reset.
             tokio::select! {
                 _ = connection.as_mut() => {}
-                () = stopped(&mut stop) => {
+                () = crate::shutdown::flagged(&mut stop) => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                 }

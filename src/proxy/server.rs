@@ -76,7 +76,7 @@ pub async fn serve_until(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            () = stopping(&mut shutdown) => return,
+            () = crate::shutdown::flagged(&mut shutdown) => return,
         };
         let (stream, peer) = match accepted {
             Ok(conn) => conn,
@@ -103,13 +103,6 @@ pub async fn serve_until(
             slot,
             shutdown.clone(),
         ));
-    }
-}
-
-/// Resolves once `shutdown` is true; never when its sender is gone without saying so.
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
-    if shutdown.wait_for(|stop| *stop).await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
@@ -157,7 +150,7 @@ async fn serve_connection(
                 return;
             }
             () = activity.sooner() => {}
-            () = stopping(&mut shutdown) => {
+            () = crate::shutdown::flagged(&mut shutdown) => {
                 connection.as_mut().graceful_shutdown();
                 if let Err(error) = connection.as_mut().await {
                     tracing::debug!(%error, %peer, "downstream connection ended with an error while draining");
