@@ -437,27 +437,13 @@ async fn reflect<K>(
             .modify(strip),
     );
     futures::pin_mut!(stream);
-    let kind = kind_name::<K>();
+    let kind = K::kind(&Default::default()).into_owned();
     while let Some(event) = stream.next().await {
-        proxy.watch_result(kind, event.is_ok());
+        proxy.watch_result(&kind, event.is_ok());
         match event {
             Ok(_) => changed.notify_one(),
-            Err(error) => tracing::warn!(%error, kind, "watch error; retrying with backoff"),
+            Err(error) => tracing::warn!(%error, %kind, "watch error; retrying with backoff"),
         }
-    }
-}
-
-/// The kinds the proxy watches, by name (static, for the readiness report).
-fn kind_name<K: Resource>() -> &'static str
-where
-    K::DynamicType: Default,
-{
-    match K::kind(&Default::default()).as_ref() {
-        "VirtualService" => "VirtualService",
-        "DestinationRule" => "DestinationRule",
-        "EndpointSlice" => "EndpointSlice",
-        "Pod" => "Pod",
-        _ => "other",
     }
 }
 

@@ -110,7 +110,7 @@ pub struct Proxy {
     /// A configuration was applied since the start.
     loaded: AtomicBool,
     /// Kubernetes mode: watches failing without a success since, by kind.
-    broken_watches: Mutex<BTreeMap<&'static str, Instant>>,
+    broken_watches: Mutex<BTreeMap<String, Instant>>,
     /// Shutting down: not ready, so endpoints stop sending here.
     draining: AtomicBool,
 }
@@ -119,7 +119,7 @@ pub struct Proxy {
 pub fn readiness_problems(
     loaded: bool,
     draining: bool,
-    broken_watches: &BTreeMap<&'static str, Instant>,
+    broken_watches: &BTreeMap<String, Instant>,
     max_watch_outage: Option<Duration>,
     now: Instant,
 ) -> Vec<String> {
@@ -214,12 +214,12 @@ impl Proxy {
     }
 
     /// Records a watch's health: a failure starts its outage, a success ends it.
-    pub fn watch_result(&self, kind: &'static str, ok: bool) {
+    pub fn watch_result(&self, kind: &str, ok: bool) {
         if let Ok(mut broken) = self.broken_watches.lock() {
             if ok {
                 broken.remove(kind);
-            } else {
-                broken.entry(kind).or_insert_with(Instant::now);
+            } else if !broken.contains_key(kind) {
+                broken.insert(kind.to_string(), Instant::now());
             }
         }
     }
@@ -351,12 +351,12 @@ mod tests {
         let now = Instant::now();
         let since = |secs| now - Duration::from_secs(secs);
         let bound = Some(Duration::from_secs(60));
-        let broken = |secs| BTreeMap::from([("EndpointSlice", since(secs))]);
+        let broken = |secs| BTreeMap::from([("EndpointSlice".to_string(), since(secs))]);
         // (loaded, draining, broken watches, bound, problems)
         type Case = (
             bool,
             bool,
-            BTreeMap<&'static str, Instant>,
+            BTreeMap<String, Instant>,
             Option<Duration>,
             &'static [&'static str],
         );
