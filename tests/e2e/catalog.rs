@@ -64,26 +64,6 @@ spec:
     readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
 "#;
 
-/// The pod IP:8080 of a ready pod labelled `app`.
-fn ready_pod(app: &str) -> String {
-    wait_for(
-        NS,
-        &format!("a ready {app} pod"),
-        Duration::from_secs(90),
-        || {
-            let out = jsonpath(
-            NS,
-            "pods",
-            &format!("{{range .items[?(@.metadata.labels.app==\"{app}\")]}}{{.status.podIP}} {{.status.conditions[?(@.type==\"Ready\")].status}}{{\"\\n\"}}{{end}}"),
-        )?;
-            out.lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(ip, ready)| ip.starts_with("10.244.") && *ready == "True")
-                .map(|(ip, _)| format!("{ip}:8080"))
-        },
-    )
-}
-
 /// The samples taken before the release reached a phase other than Progressing (the
 /// promotion or the rollback), after it started.
 fn during_steps<'a>(steps: &[Step], samples: &'a [Sample]) -> Vec<&'a Sample> {
@@ -127,8 +107,8 @@ fn only_webapps_calls_follow_the_weights_and_a_faulty_version_is_rolled_back() {
         (status_line(NS)?.0 == "Initialized").then_some(())
     });
     apply_yaml(NS, STOREFRONT);
-    let webapp = ready_pod("webapp");
-    let storefront = ready_pod("storefront");
+    let webapp = ready_pod_address(NS, "webapp", 8080);
+    let storefront = ready_pod_address(NS, "storefront", 8080);
     // From the host to webapp's pod IP; webapp calls catalog by name from its pod.
     let load = Load::judged(
         webapp,

@@ -229,3 +229,23 @@ pub fn router_admin(ns: &str, pod: &str, path: &str) -> Result<String, String> {
     let _ = forward.wait();
     result
 }
+
+/// `IP:port` of a ready pod labelled `app=<app>` on the pod network (waits up to 90 s).
+pub fn ready_pod_address(ns: &str, app: &str, port: u16) -> String {
+    wait_for(
+        ns,
+        &format!("a ready {app} pod"),
+        Duration::from_secs(90),
+        || {
+            let out = jsonpath(
+            ns,
+            "pods",
+            &format!("{{range .items[?(@.metadata.labels.app==\"{app}\")]}}{{.status.podIP}} {{.status.conditions[?(@.type==\"Ready\")].status}}{{\"\\n\"}}{{end}}"),
+        )?;
+            out.lines()
+                .filter_map(|l| l.split_once(' '))
+                .find(|(ip, ready)| ip.starts_with("10.244.") && *ready == "True")
+                .map(|(ip, _)| format!("{ip}:{port}"))
+        },
+    )
+}

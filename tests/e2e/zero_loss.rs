@@ -139,25 +139,6 @@ fn counts(loadtester: &str) -> Option<Counts> {
     })
 }
 
-fn pod_address(ns: &str, app: &str, port: u16) -> String {
-    wait_for(
-        ns,
-        &format!("a ready {app} pod"),
-        Duration::from_secs(90),
-        || {
-            let out = jsonpath(
-            ns,
-            "pods",
-            &format!("{{range .items[?(@.metadata.labels.app==\"{app}\")]}}{{.status.podIP}} {{.status.conditions[?(@.type==\"Ready\")].status}}{{\"\\n\"}}{{end}}"),
-        )?;
-            out.lines()
-                .filter_map(|l| l.split_once(' '))
-                .find(|(ip, ready)| ip.starts_with("10.244.") && *ready == "True")
-                .map(|(ip, _)| format!("{ip}:{port}"))
-        },
-    )
-}
-
 /// One measured window: what happened, the counts, and how long it took.
 struct Window {
     what: &'static str,
@@ -242,8 +223,8 @@ fn no_request_fails_across_adoption_releases_router_disruptions_and_a_controller
     let ns = TestNamespace::create("e2e-zero");
     let ns = ns.0.as_str();
     apply_yaml(ns, &app_yaml(ns));
-    let loadtester = pod_address(ns, "loadtester", 8080);
-    pod_address(ns, "catalog", 3000);
+    let loadtester = ready_pod_address(ns, "loadtester", 8080);
+    ready_pod_address(ns, "catalog", 3000);
     let payload = serde_json::json!({
         "name": "zero",
         "namespace": ns,
