@@ -4,7 +4,7 @@
 # Builds the images (make images), brings the local cluster up (hack/cluster.sh up) and
 # loads them into its node, installs sluice with its Helm chart, deploys the catalog app
 # (v1), webapp and a Canary with provider sluice in namespace $DEMO_NS, then runs
-# target/debug/sluice-demo-live: webapp calls http://catalog/items by name at a steady
+# sluice-demo-live: webapp calls http://catalog/items by name at a steady
 # rate (through cluster DNS, kube-proxy and the sluice-router), release v1 -> v2
 # (promoted) and a faulty v3 (rolled back), one line per step. Leaves the cluster up.
 # Re-running starts again from a fresh $DEMO_NS namespace.
@@ -25,9 +25,21 @@ hint() { echo "look at: kubectl -n $DEMO_NS get pods,canary; kubectl -n $DEMO_NS
 rust_ensure
 
 stage "1/6 building the images (make images), kubectl-sluice and the demo's live view"
-./hack/images.sh
-cargo build --locked --bin kubectl-sluice
-cargo build --locked -p xtask --bin sluice-demo-live
+# The cluster's Go builds and helm (cached after the first run) run beside the Rust build,
+# at a lower priority: they fill the cores its link steps leave idle.
+prepare_log=$ROOT/target/demo-prepare.log
+mkdir -p target
+setsid nice -n 10 bash -c './hack/ensure-helm.sh >/dev/null && ./hack/cluster.sh prepare' >"$prepare_log" 2>&1 &
+prepare_pid=$!
+trap 'kill -- "-$prepare_pid" 2>/dev/null || true' EXIT
+# kubectl-sluice and sluice-demo-live come out of the images' cargo build: static
+# binaries that run on the host, with no second build of the dependencies.
+SLUICE_HOST_TOOLS=1 ./hack/images.sh
+TOOLS=$ROOT/target/x86_64-unknown-linux-gnu/${SLUICE_IMAGE_PROFILE:-image}
+if ! wait "$prepare_pid"; then
+  cat "$prepare_log" >&2
+  die "building the cluster's parts or helm failed (log above: $prepare_log)"
+fi
 HELM=$(./hack/ensure-helm.sh)
 
 stage "2/6 starting the local cluster (hack/cluster.sh up) and loading the images"
@@ -121,7 +133,7 @@ kubectl -n "$DEMO_NS" get canary,deploy
 
 stage "5/6 releasing with live traffic"
 live_start=$(date +%s)
-timeout 600 target/debug/sluice-demo-live --namespace "$DEMO_NS" \
+timeout 600 "$TOOLS/sluice-demo-live" --namespace "$DEMO_NS" \
   || die "the live demo failed (exit $?; 124 = it ran over 10 minutes); $(hint)"
 live=$(($(date +%s) - live_start))
 
@@ -140,7 +152,7 @@ The cluster is still up. To look around:
   curl -s http://$webapp_ip:8080/                             # webapp, which calls http://catalog/items
   kubectl -n $DEMO_NS set env deploy/catalog ERROR_RATE-    # v3 without the fault: a new release
   kubectl -n $DEMO_NS get canary -w                         # ... followed step by step
-  export PATH=$ROOT/target/debug:\$PATH                     # puts kubectl-sluice on PATH:
+  export PATH=$TOOLS:\$PATH   # puts kubectl-sluice on PATH:
   kubectl sluice -n $DEMO_NS get catalog-release -w         # the release as a live tree
   kubectl sluice -n $DEMO_NS pause catalog-release          # also: resume, promote, abort, retry
 

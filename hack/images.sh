@@ -8,7 +8,9 @@
 # Images: ghcr.io/sluice-dev/<binary>:<Cargo version> for sluice-controller, sluice-proxy,
 # sluice-demo, sluice-loadtester, and sluice-demo:v1/v2/v3 (VERSION=vN, same layer).
 # target/images/index.txt lists "<archive> <image reference>", one per line.
-# Env: SLUICE_IMAGE_PROFILE (cargo profile, default image; see Cargo.toml).
+# Env: SLUICE_IMAGE_PROFILE (cargo profile, default image; see Cargo.toml);
+# SLUICE_HOST_TOOLS=1 also builds kubectl-sluice and sluice-demo-live (static, run on the
+# host by make demo) in the same cargo build, which shares every compiled dependency.
 # podman's configuration and storage live in $SLUICE_CACHE/podman: nothing under
 # /etc/containers or /var/lib/containers is written.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -123,6 +125,9 @@ label() { podman image inspect --format "{{index .Labels \"$2\"}}" "$1" 2>/dev/n
 build_binaries() {
   local args=() bin
   for bin in "${BINARIES[@]}"; do args+=(--bin "$bin"); done
+  if [ -n "${SLUICE_HOST_TOOLS:-}" ]; then
+    args+=(-p sluice --bin kubectl-sluice -p xtask --bin sluice-demo-live)
+  fi
   log "building static binaries (cargo profile $PROFILE, target $TARGET)"
   # With an explicit --target, RUSTFLAGS reach only the target's crates, not build
   # scripts or proc macros, and the output stays apart from the host builds.

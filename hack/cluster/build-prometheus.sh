@@ -24,7 +24,10 @@ release="${BASH_REMATCH[1]}.$((10#${BASH_REMATCH[2]})).${BASH_REMATCH[3]}"
 t0=$SECONDS
 log "building prometheus $release (module $PROMETHEUS_MODULE_VERSION, CGO_ENABLED=0; several minutes cold)"
 # The web UI's assets are not embedded (no `builtinassets` tag): the HTTP API works, the UI pages do not.
+# Only the kubernetes service discovery is linked (`remove_all_sd`, then `enable_kubernetes_sd`):
+# the cloud SDKs of the other mechanisms are most of a default build's compile time.
 GOBIN="$out_dir/bin.tmp" CGO_ENABLED=0 GOTOOLCHAIN=local go install -trimpath \
+  -tags "remove_all_sd enable_kubernetes_sd" \
   -ldflags "-s -w -X github.com/prometheus/common/version.Version=$release" \
   "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION"
 rm -rf "$out_dir/bin" && mv "$out_dir/bin.tmp" "$out_dir/bin"
