@@ -25,21 +25,12 @@ hint() { echo "look at: kubectl -n $DEMO_NS get pods,canary; kubectl -n $DEMO_NS
 rust_ensure
 
 stage "1/6 building the images (make images), kubectl-sluice and the demo's live view"
-# The cluster's Go builds and helm (cached after the first run) run beside the Rust build,
-# at a lower priority: they fill the cores its link steps leave idle.
-prepare_log=$ROOT/target/demo-prepare.log
-mkdir -p target
-setsid nice -n 10 bash -c './hack/ensure-helm.sh >/dev/null && ./hack/cluster.sh prepare' >"$prepare_log" 2>&1 &
-prepare_pid=$!
-trap 'kill -- "-$prepare_pid" 2>/dev/null || true' EXIT
+prepare_in_background "$ROOT/target/demo-prepare.log"
 # kubectl-sluice and sluice-demo-live come out of the images' cargo build: static
 # binaries that run on the host, with no second build of the dependencies.
 SLUICE_HOST_TOOLS=1 ./hack/images.sh
 TOOLS=$ROOT/target/x86_64-unknown-linux-gnu/${SLUICE_IMAGE_PROFILE:-image}
-if ! wait "$prepare_pid"; then
-  cat "$prepare_log" >&2
-  die "building the cluster's parts or helm failed (log above: $prepare_log)"
-fi
+wait_for_prepare
 HELM=$(./hack/ensure-helm.sh)
 
 stage "2/6 starting the local cluster (hack/cluster.sh up) and loading the images"

@@ -52,6 +52,26 @@ rust_ensure() {
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 }
 
+# The cluster's parts and helm are Go builds (half an hour of CPU on a cold 2-core machine,
+# nothing when cached). make test and make demo start them in the background at a lower
+# priority, beside the Rust build, whose link steps and crates built one after another
+# leave cores idle; wait_for_prepare waits for them where they are needed.
+prepare_in_background() {
+  PREPARE_LOG=$1
+  mkdir -p "$(dirname "$PREPARE_LOG")"
+  setsid nice -n 10 bash -c '"$1/hack/ensure-helm.sh" >/dev/null && "$1/hack/cluster.sh" prepare' \
+    _ "$ROOT" >"$PREPARE_LOG" 2>&1 &
+  PREPARE_PID=$!
+  trap 'kill -- "-$PREPARE_PID" 2>/dev/null || true' EXIT
+}
+wait_for_prepare() {
+  if ! wait "$PREPARE_PID"; then
+    cat "$PREPARE_LOG" >&2
+    die "building helm or the cluster's parts (hack/cluster.sh prepare) failed; their log is above"
+  fi
+  log "helm and the cluster's parts are built (log: $PREPARE_LOG)"
+}
+
 # Fails with one clear message when a TCP port on this machine is already listening.
 port_free() {
   local port=$1 what=$2 holder
