@@ -16,7 +16,7 @@ use std::time::Duration;
 use axum::{extract::State, routing::get, Router as HttpRouter};
 use sluice::analysis::{
     render_template, BuiltinMetric, BuiltinQuery, Error, MetricQuery, MetricsProvider,
-    PrometheusAuth, PrometheusConfig, PrometheusProvider, Router, TemplateVars,
+    PrometheusAuth, PrometheusConfig, PrometheusProvider, Reporter, TemplateVars,
 };
 use tokio::time::Instant;
 
@@ -284,9 +284,9 @@ fn provider(address: &str, auth: bool, insecure_skip_verify: bool) -> Prometheus
     PrometheusProvider::new(config).unwrap()
 }
 
-fn builtin(router: Router, metric: BuiltinMetric, workload: &str) -> MetricQuery {
+fn builtin(reporter: Reporter, metric: BuiltinMetric, workload: &str) -> MetricQuery {
     MetricQuery::Builtin(BuiltinQuery {
-        router,
+        reporter,
         metric,
         namespace: "test".into(),
         workload: workload.into(),
@@ -299,8 +299,16 @@ fn builtin(router: Router, metric: BuiltinMetric, workload: &str) -> MetricQuery
 async fn wait_for_data(prometheus: &PrometheusProvider, guard: &mut PrometheusGuard) {
     let deadline = Instant::now() + READY_DEADLINE;
     let probes = [
-        builtin(Router::Istio, BuiltinMetric::RequestDuration, "podinfo"),
-        builtin(Router::Sluice, BuiltinMetric::RequestSuccessRate, "podinfo"),
+        builtin(
+            Reporter::Destination,
+            BuiltinMetric::RequestDuration,
+            "podinfo",
+        ),
+        builtin(
+            Reporter::Source,
+            BuiltinMetric::RequestSuccessRate,
+            "podinfo",
+        ),
     ];
     loop {
         let mut last = None;
@@ -360,33 +368,33 @@ async fn builtin_metrics_through_a_real_prometheus() {
 
     use BuiltinMetric::{RequestDuration as P99, RequestSuccessRate as Success};
     let expected = [
-        (Router::Istio, Success, "podinfo", 90.0),
-        (Router::Istio, P99, "podinfo", 475.0),
-        (Router::Sluice, Success, "podinfo", 80.0),
-        (Router::Sluice, P99, "podinfo", 242.5),
-        (Router::Sluice, Success, "broken", 0.0),
-        (Router::Sluice, Success, "notfound", 100.0),
-        (Router::Sluice, P99, "notfound", 0.995),
+        (Reporter::Destination, Success, "podinfo", 90.0),
+        (Reporter::Destination, P99, "podinfo", 475.0),
+        (Reporter::Source, Success, "podinfo", 80.0),
+        (Reporter::Source, P99, "podinfo", 242.5),
+        (Reporter::Source, Success, "broken", 0.0),
+        (Reporter::Source, Success, "notfound", 100.0),
+        (Reporter::Source, P99, "notfound", 0.995),
     ];
-    for (router, metric, workload, want) in expected {
-        let got = prometheus.query(&builtin(router, metric, workload)).await;
-        assert_close(got, want, &format!("{router} {metric} {workload}"));
+    for (reporter, metric, workload, want) in expected {
+        let got = prometheus.query(&builtin(reporter, metric, workload)).await;
+        assert_close(got, want, &format!("{reporter} {metric} {workload}"));
     }
 
     // No traffic, or no series at all: the no-data error, never a value or a failure.
     let no_data = [
-        (Router::Sluice, Success, "idle"),
-        (Router::Sluice, P99, "idle"),
-        (Router::Sluice, Success, "absent"),
-        (Router::Sluice, P99, "absent"),
+        (Reporter::Source, Success, "idle"),
+        (Reporter::Source, P99, "idle"),
+        (Reporter::Source, Success, "absent"),
+        (Reporter::Source, P99, "absent"),
         // The istio router reads the serving side, which never saw `broken`.
-        (Router::Istio, Success, "broken"),
+        (Reporter::Destination, Success, "broken"),
     ];
-    for (router, metric, workload) in no_data {
-        let got = prometheus.query(&builtin(router, metric, workload)).await;
+    for (reporter, metric, workload) in no_data {
+        let got = prometheus.query(&builtin(reporter, metric, workload)).await;
         assert!(
             got.as_ref().is_err_and(Error::is_no_data),
-            "{router} {metric} {workload}: {got:?}"
+            "{reporter} {metric} {workload}: {got:?}"
         );
     }
 
@@ -423,7 +431,7 @@ async fn builtin_metrics_through_a_real_prometheus() {
     for result in [
         prometheus.is_online().await,
         prometheus
-            .query(&builtin(Router::Istio, Success, "podinfo"))
+            .query(&builtin(Reporter::Destination, Success, "podinfo"))
             .await
             .map(|_| ()),
     ] {
@@ -442,7 +450,7 @@ async fn unreachable_prometheus_is_offline() {
     assert!(matches!(err, Error::Offline { .. }), "{err}");
     let err = prometheus
         .query(&builtin(
-            Router::Sluice,
+            Reporter::Source,
             BuiltinMetric::RequestDuration,
             "podinfo",
         ))

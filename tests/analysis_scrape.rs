@@ -17,7 +17,7 @@ use axum::{
 };
 use parking_lot::Mutex;
 use sluice::analysis::{
-    BuiltinMetric, BuiltinQuery, Error, MetricQuery, MetricsProvider, Provider, Router,
+    BuiltinMetric, BuiltinQuery, Error, MetricQuery, MetricsProvider, Provider, Reporter,
     ScrapeConfig, ScrapeProvider,
 };
 use tokio::time::Instant;
@@ -108,9 +108,9 @@ fn set(pages: &Pages, target: &str, pod: &Pod) {
         .insert(target.into(), (StatusCode::OK, exposition(pod)));
 }
 
-fn query(router: Router, metric: BuiltinMetric, interval_secs: u64) -> BuiltinQuery {
+fn query(reporter: Reporter, metric: BuiltinMetric, interval_secs: u64) -> BuiltinQuery {
     BuiltinQuery {
-        router,
+        reporter,
         metric,
         namespace: "shop".into(),
         workload: "cart".into(),
@@ -171,7 +171,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     );
     provider.is_online().await.expect("two targets answered");
     let first = provider.evaluate_at(
-        &query(Router::Sluice, BuiltinMetric::RequestSuccessRate, 60),
+        &query(Reporter::Source, BuiltinMetric::RequestSuccessRate, 60),
         at(0),
     );
     let err = first.unwrap_err();
@@ -194,7 +194,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     // Over 60s: a 180 ok + 20 failed; b 20 (since restart) + 20 ok, 20 failed.
     let success = provider
         .evaluate_at(
-            &query(Router::Sluice, BuiltinMetric::RequestSuccessRate, 60),
+            &query(Reporter::Source, BuiltinMetric::RequestSuccessRate, 60),
             at(60),
         )
         .unwrap();
@@ -209,7 +209,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     // (500, 2500]: 500 + 2000 * (257.4 - 240) / 20.
     let p99 = provider
         .evaluate_at(
-            &query(Router::Sluice, BuiltinMetric::RequestDuration, 60),
+            &query(Reporter::Source, BuiltinMetric::RequestDuration, 60),
             at(60),
         )
         .unwrap();
@@ -218,7 +218,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     // Over 30s only the last tick counts: a 90 / 10, b 20 / 20.
     let success = provider
         .evaluate_at(
-            &query(Router::Sluice, BuiltinMetric::RequestSuccessRate, 30),
+            &query(Reporter::Source, BuiltinMetric::RequestSuccessRate, 30),
             at(61),
         )
         .unwrap();
@@ -230,7 +230,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
 
     // The Istio router reads the serving side, which this proxy does not report.
     let istio = provider.evaluate_at(
-        &query(Router::Istio, BuiltinMetric::RequestSuccessRate, 60),
+        &query(Reporter::Destination, BuiltinMetric::RequestSuccessRate, 60),
         at(60),
     );
     assert!(istio.as_ref().is_err_and(Error::is_no_data), "{istio:?}");
@@ -238,7 +238,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     // No new traffic: no data, with the reason.
     provider.sample_at(&targets, at(120)).await;
     let idle = provider.evaluate_at(
-        &query(Router::Sluice, BuiltinMetric::RequestSuccessRate, 60),
+        &query(Reporter::Source, BuiltinMetric::RequestSuccessRate, 60),
         at(120),
     );
     let err = idle.unwrap_err();
@@ -264,7 +264,7 @@ async fn provider_interface_with_the_real_clock() {
     let offline = provider.is_online().await.unwrap_err();
     assert_eq!(offline.label(), "offline", "never sampled: {offline}");
 
-    let builtin = |metric| MetricQuery::Builtin(query(Router::Sluice, metric, 60));
+    let builtin = |metric| MetricQuery::Builtin(query(Reporter::Source, metric, 60));
     set(
         &pages,
         "a",

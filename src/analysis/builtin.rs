@@ -20,7 +20,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use super::duration::format_duration;
-use super::{Error, Result, Router};
+use super::{Error, Reporter, Result};
 
 pub const REQUESTS_TOTAL: &str = "istio_requests_total";
 pub const DURATION_BUCKET: &str = "istio_request_duration_milliseconds_bucket";
@@ -88,13 +88,13 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// The selector for `router`; `namespace` and `workload` must be Kubernetes names,
+    /// The selector for `reporter`; `namespace` and `workload` must be Kubernetes names,
     /// which also keeps them from breaking out of a PromQL string.
-    pub fn new(router: Router, namespace: &str, workload: &str) -> Result<Self> {
+    pub fn new(reporter: Reporter, namespace: &str, workload: &str) -> Result<Self> {
         check_kubernetes_name("namespace", namespace)?;
         check_kubernetes_name("workload", workload)?;
-        let workload = match router {
-            Router::Istio => {
+        let workload = match reporter {
+            Reporter::Destination => {
                 let anchored =
                     Regex::new(&format!("^(?:{workload})$")).map_err(|e| Error::BadQuery {
                         reason: format!("workload `{workload}` is not a valid regex: {e}"),
@@ -104,12 +104,9 @@ impl Selector {
                     anchored,
                 }
             }
-            Router::Sluice => WorkloadMatch::Exact(workload.to_string()),
+            Reporter::Source => WorkloadMatch::Exact(workload.to_string()),
         };
-        let reporter = match router {
-            Router::Istio => "destination",
-            Router::Sluice => "source",
-        };
+        let reporter = reporter.as_str();
         Ok(Selector {
             reporter,
             namespace: namespace.to_string(),
@@ -153,7 +150,7 @@ pub fn is_server_error(response_code: &str) -> bool {
 
 /// The PromQL of a built-in metric for one workload over `interval`.
 pub fn promql(
-    router: Router,
+    reporter: Reporter,
     metric: BuiltinMetric,
     namespace: &str,
     workload: &str,
@@ -165,7 +162,7 @@ pub fn promql(
             reason: "must be at least 1ms".into(),
         });
     }
-    let matchers = Selector::new(router, namespace, workload)?.promql_matchers();
+    let matchers = Selector::new(reporter, namespace, workload)?.promql_matchers();
     let window = format_duration(interval);
     Ok(match metric {
         BuiltinMetric::RequestSuccessRate => format!(
@@ -216,7 +213,7 @@ mod tests {
             ),
         ];
         for (metric, want) in cases {
-            let got = promql(Router::Istio, metric, "test", "podinfo", MINUTE).unwrap();
+            let got = promql(Reporter::Destination, metric, "test", "podinfo", MINUTE).unwrap();
             assert_eq!(got, want, "{metric}");
         }
     }
@@ -236,7 +233,7 @@ mod tests {
             ),
         ];
         for (metric, interval, want) in cases {
-            let got = promql(Router::Sluice, metric, "shop", "cart", interval).unwrap();
+            let got = promql(Reporter::Source, metric, "shop", "cart", interval).unwrap();
             assert_eq!(got, want, "{metric}");
         }
     }
@@ -267,9 +264,9 @@ mod tests {
             ("test", "pod\\info"),
         ];
         for (namespace, workload) in cases {
-            for router in [Router::Istio, Router::Sluice] {
+            for reporter in [Reporter::Destination, Reporter::Source] {
                 let err = promql(
-                    router,
+                    reporter,
                     BuiltinMetric::RequestDuration,
                     namespace,
                     workload,
@@ -280,7 +277,7 @@ mod tests {
             }
         }
         let err = promql(
-            Router::Sluice,
+            Reporter::Source,
             BuiltinMetric::RequestDuration,
             "a",
             "b",
@@ -304,49 +301,53 @@ mod tests {
         };
         let cases = [
             (
-                Router::Istio,
+                Reporter::Destination,
                 series("destination", "test", Some("podinfo")),
                 true,
             ),
             // `=~` is anchored: the primary is not the canary.
             (
-                Router::Istio,
+                Reporter::Destination,
                 series("destination", "test", Some("podinfo-primary")),
                 false,
             ),
             (
-                Router::Istio,
+                Reporter::Destination,
                 series("source", "test", Some("podinfo")),
                 false,
             ),
             (
-                Router::Istio,
+                Reporter::Destination,
                 series("destination", "prod", Some("podinfo")),
                 false,
             ),
-            (Router::Istio, series("destination", "test", None), false),
             (
-                Router::Sluice,
+                Reporter::Destination,
+                series("destination", "test", None),
+                false,
+            ),
+            (
+                Reporter::Source,
                 series("source", "test", Some("podinfo")),
                 true,
             ),
             (
-                Router::Sluice,
+                Reporter::Source,
                 series("destination", "test", Some("podinfo")),
                 false,
             ),
             (
-                Router::Sluice,
+                Reporter::Source,
                 series("source", "test", Some("podinfo-primary")),
                 false,
             ),
         ];
-        for (router, labels, want) in cases {
-            let selector = Selector::new(router, "test", "podinfo").unwrap();
+        for (reporter, labels, want) in cases {
+            let selector = Selector::new(reporter, "test", "podinfo").unwrap();
             assert_eq!(
                 selector.matches(|name| labels.get(name).map(String::as_str)),
                 want,
-                "{router} {labels:?}"
+                "{reporter} {labels:?}"
             );
         }
     }

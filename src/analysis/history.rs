@@ -343,7 +343,7 @@ pub fn evaluate<'a>(
     query: &BuiltinQuery,
     now: Instant,
 ) -> Result<ScrapeValue> {
-    let selector = Selector::new(query.router, &query.namespace, &query.workload)?;
+    let selector = Selector::new(query.reporter, &query.namespace, &query.workload)?;
     let mut totals = Totals::default();
     let (mut targets, mut one_snapshot, mut stale) = (0, 0, 0);
     let mut covered = Duration::ZERO;
@@ -398,7 +398,7 @@ pub fn evaluate<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::Router;
+    use crate::analysis::Reporter;
 
     const INF: f64 = f64::INFINITY;
 
@@ -586,7 +586,7 @@ other_metric 1
 
     fn query(metric: BuiltinMetric, interval_secs: u64) -> BuiltinQuery {
         BuiltinQuery {
-            router: Router::Sluice,
+            reporter: Reporter::Source,
             metric,
             namespace: "shop".into(),
             workload: "cart".into(),

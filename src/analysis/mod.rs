@@ -58,9 +58,6 @@ pub enum Error {
         "unknown built-in metric `{name}` (built-ins: request-success-rate, request-duration)"
     )]
     UnknownMetric { name: String },
-    /// A router outside the closed set (see [`Router`]).
-    #[error("unknown router `{name}` (supported: istio, sluice)")]
-    UnknownRouter { name: String },
     #[error("bad interval `{input}`: {reason}")]
     BadInterval { input: String, reason: String },
     /// Invalid provider settings (address, header, TLS client).
@@ -86,7 +83,6 @@ impl Error {
             Error::UnknownVariable { .. } => "unknown_variable",
             Error::UnknownProvider { .. } => "unknown_provider",
             Error::UnknownMetric { .. } => "unknown_metric",
-            Error::UnknownRouter { .. } => "unknown_router",
             Error::BadInterval { .. } => "bad_interval",
             Error::BadConfig { .. } => "bad_config",
             Error::BadResponse { .. } => "bad_response",
@@ -130,36 +126,28 @@ pub fn metric_interval(interval: Option<&str>) -> Result<Duration> {
 
 // === Closed sets ===
 
-/// The traffic router of a Canary; it decides which series the built-in metrics read.
+/// Who reports the series the built-in metrics read; each traffic router says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Router {
-    /// Istio sidecars: the serving side reports (`reporter="destination"`).
-    Istio,
-    /// sluice-proxy: the router reports what it sent (`reporter="source"`).
-    Sluice,
+pub enum Reporter {
+    /// The serving workload's sidecar (`reporter="destination"`), as with Istio; the
+    /// workload label is matched as Flagger matches it, as a regex.
+    Destination,
+    /// A router in front of the workloads reports what it sent (`reporter="source"`), the
+    /// workload named exactly.
+    Source,
 }
 
-impl Router {
+impl Reporter {
+    /// The value of the `reporter` label.
     pub fn as_str(self) -> &'static str {
         match self {
-            Router::Istio => "istio",
-            Router::Sluice => "sluice",
+            Reporter::Destination => "destination",
+            Reporter::Source => "source",
         }
     }
 }
 
-impl FromStr for Router {
-    type Err = Error;
-    fn from_str(name: &str) -> Result<Self> {
-        match name {
-            "istio" => Ok(Router::Istio),
-            "sluice" => Ok(Router::Sluice),
-            _ => Err(Error::UnknownRouter { name: name.into() }),
-        }
-    }
-}
-
-impl fmt::Display for Router {
+impl fmt::Display for Reporter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -195,7 +183,7 @@ impl FromStr for ProviderKind {
 /// A built-in metric for one workload over one window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuiltinQuery {
-    pub router: Router,
+    pub reporter: Reporter,
     pub metric: BuiltinMetric,
     /// Namespace of the canary workload.
     pub namespace: String,
@@ -261,12 +249,6 @@ mod tests {
 
     #[test]
     fn closed_sets_reject_unknown_names() {
-        assert_eq!("istio".parse::<Router>(), Ok(Router::Istio));
-        assert_eq!("sluice".parse::<Router>(), Ok(Router::Sluice));
-        assert_eq!(
-            "linkerd".parse::<Router>().unwrap_err().label(),
-            "unknown_router"
-        );
         assert_eq!(
             "prometheus".parse::<ProviderKind>(),
             Ok(ProviderKind::Prometheus)

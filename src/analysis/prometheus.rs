@@ -188,7 +188,7 @@ impl MetricsProvider for PrometheusProvider {
         match query {
             MetricQuery::PromQl(text) => self.query_promql(text).await,
             MetricQuery::Builtin(q) => {
-                let text = promql(q.router, q.metric, &q.namespace, &q.workload, q.interval)?;
+                let text = promql(q.reporter, q.metric, &q.namespace, &q.workload, q.interval)?;
                 self.query_promql(&text).await
             }
         }

@@ -138,11 +138,27 @@ pub enum RouterKind {
 }
 
 impl RouterKind {
+    pub const ALL: [RouterKind; 2] = [RouterKind::Istio, RouterKind::Sluice];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RouterKind::Istio => "istio",
             RouterKind::Sluice => "sluice",
         }
+    }
+}
+
+impl std::str::FromStr for RouterKind {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        RouterKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = RouterKind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown provider {name:?} (one of: {})", known.join(", "))
+            })
     }
 }
 

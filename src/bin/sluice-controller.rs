@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 #[command(version, about)]
 struct Args {
     /// Router for Canaries that do not set spec.provider: istio or sluice.
-    #[arg(long, env = "SLUICE_PROVIDER", default_value = "istio", value_parser = parse_provider)]
+    #[arg(long, env = "SLUICE_PROVIDER", default_value = "istio", value_parser = str::parse::<RouterKind>)]
     provider: RouterKind,
     /// Prometheus address for built-in metrics (default: scrape sluice-proxy directly).
     #[arg(long, env = "SLUICE_METRICS_SERVER")]
@@ -47,14 +47,6 @@ struct Args {
     /// Log format: text or json.
     #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "text")]
     log_format: String,
-}
-
-fn parse_provider(s: &str) -> Result<RouterKind, String> {
-    match s {
-        "istio" => Ok(RouterKind::Istio),
-        "sluice" => Ok(RouterKind::Sluice),
-        other => Err(format!("unknown provider {other:?}: use istio or sluice")),
-    }
 }
 
 #[tokio::main]

@@ -12,19 +12,14 @@ use parking_lot::Mutex;
 
 use crate::analysis::{
     self, BuiltinQuery, MetricQuery, MetricsProvider, PrometheusAuth, PrometheusConfig,
-    PrometheusProvider, Router, ScrapeConfig, ScrapeProvider, TemplateVars,
+    PrometheusProvider, ScrapeConfig, ScrapeProvider, TemplateVars,
 };
-use crate::api::{Canary, MetricTemplate, RouterKind};
+use crate::api::{Canary, MetricTemplate};
 use crate::rollout::{MetricCheck, MetricError, MetricOutcome, MetricSource, ReleaseSpec};
-
-/// Label of the sluice-proxy router pods in a namespace.
-pub const ROUTER_SELECTOR: &str = "app.kubernetes.io/name=sluice-router";
-/// Port of sluice-proxy's admin server (metrics) when the pod does not annotate one.
-pub const ROUTER_METRICS_PORT: u16 = crate::router::sluice::ADMIN_PORT as u16;
+use crate::router::{MetricsPods, TrafficRouter};
 
 pub struct Analysis {
     client: Client,
-    default_provider: RouterKind,
     default_metrics_server: Option<String>,
     scrape: Arc<ScrapeProvider>,
     /// Providers without credentials, by address, so the HTTP client is reused.
@@ -34,23 +29,14 @@ pub struct Analysis {
 impl Analysis {
     pub fn new(
         client: Client,
-        default_provider: RouterKind,
         default_metrics_server: Option<String>,
     ) -> Result<Self, analysis::Error> {
         Ok(Analysis {
             client,
-            default_provider,
             default_metrics_server,
             scrape: Arc::new(ScrapeProvider::new(ScrapeConfig::default())?),
             prometheus: Mutex::default(),
         })
-    }
-
-    fn router(&self, canary: &Canary) -> Router {
-        match canary.spec.provider.unwrap_or(self.default_provider) {
-            RouterKind::Istio => Router::Istio,
-            RouterKind::Sluice => Router::Sluice,
-        }
     }
 
     /// Prometheus address for built-in metrics, if any.
@@ -65,11 +51,14 @@ impl Analysis {
 
     /// Records a sample of the router metrics when the built-in scrape serves this
     /// Canary, so that the next check has a window to measure over.
-    pub async fn sample(&self, canary: &Canary) {
-        if self.metrics_server(canary).is_some() || self.router(canary) != Router::Sluice {
+    pub async fn sample(&self, canary: &Canary, router: &dyn TrafficRouter) {
+        let Some(pods) = router.metrics_pods() else {
+            return;
+        };
+        if self.metrics_server(canary).is_some() {
             return;
         }
-        match self.router_metrics_urls(canary).await {
+        match self.metrics_urls(canary, pods).await {
             Ok(urls) => {
                 let report = self.scrape.sample(&urls).await;
                 for (url, err) in report.failed {
@@ -80,13 +69,21 @@ impl Analysis {
         }
     }
 
-    pub async fn evaluate(&self, canary: &Canary, spec: &ReleaseSpec) -> Vec<MetricOutcome> {
+    pub async fn evaluate(
+        &self,
+        canary: &Canary,
+        spec: &ReleaseSpec,
+        router: &dyn TrafficRouter,
+    ) -> Vec<MetricOutcome> {
         let mut outcomes = Vec::with_capacity(spec.metrics.len());
         for check in &spec.metrics {
-            let value = self.run(canary, check).await.map_err(|err| match err {
-                err if err.is_no_data() => MetricError::NoData(err.to_string()),
-                err => MetricError::Failed(err.to_string()),
-            });
+            let value = self
+                .run(canary, check, router)
+                .await
+                .map_err(|err| match err {
+                    err if err.is_no_data() => MetricError::NoData(err.to_string()),
+                    err => MetricError::Failed(err.to_string()),
+                });
             outcomes.push(MetricOutcome {
                 name: check.name.clone(),
                 range: check.range,
@@ -97,12 +94,17 @@ impl Analysis {
         outcomes
     }
 
-    async fn run(&self, canary: &Canary, check: &MetricCheck) -> Result<f64, analysis::Error> {
+    async fn run(
+        &self,
+        canary: &Canary,
+        check: &MetricCheck,
+        router: &dyn TrafficRouter,
+    ) -> Result<f64, analysis::Error> {
         let ns = canary.namespace().unwrap_or_default();
         match &check.source {
             MetricSource::Builtin(metric) => {
                 let query = BuiltinQuery {
-                    router: self.router(canary),
+                    reporter: router.reporter(),
                     metric: *metric,
                     namespace: ns,
                     workload: canary.spec.target_ref.name.clone(),
@@ -114,11 +116,14 @@ impl Analysis {
                             .query(&MetricQuery::Builtin(query))
                             .await
                     }
-                    None if query.router == Router::Sluice => {
+                    None if router.metrics_pods().is_some() => {
                         self.scrape.query(&MetricQuery::Builtin(query)).await
                     }
                     None => Err(analysis::Error::BadConfig {
-                        reason: "built-in metrics of provider istio need a Prometheus: set spec.metricsServer or the controller's --metrics-server".into(),
+                        reason: format!(
+                            "built-in metrics of provider {} need a Prometheus: set spec.metricsServer or the controller's --metrics-server",
+                            router.kind().as_str()
+                        ),
                     }),
                 }
             }
@@ -231,10 +236,14 @@ impl Analysis {
         }
     }
 
-    async fn router_metrics_urls(&self, canary: &Canary) -> Result<Vec<String>, kube::Error> {
+    async fn metrics_urls(
+        &self,
+        canary: &Canary,
+        wanted: MetricsPods,
+    ) -> Result<Vec<String>, kube::Error> {
         let ns = canary.namespace().unwrap_or_default();
         let pods = Api::<Pod>::namespaced(self.client.clone(), &ns)
-            .list(&ListParams::default().labels(ROUTER_SELECTOR))
+            .list(&ListParams::default().labels(wanted.selector))
             .await?;
         Ok(pods
             .items
@@ -245,7 +254,7 @@ impl Analysis {
                     .annotations()
                     .get("prometheus.io/port")
                     .and_then(|v| v.parse::<u16>().ok())
-                    .unwrap_or(ROUTER_METRICS_PORT);
+                    .unwrap_or(wanted.port);
                 Some(format!("http://{ip}:{port}/metrics"))
             })
             .collect())

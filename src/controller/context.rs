@@ -5,14 +5,15 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use kube::runtime::reflector::Store;
+use kube::api::DynamicObject;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::sync::RwLock;
 
 use super::metrics::Metrics;
-use crate::api::istio::{DestinationRule, VirtualService};
 use crate::api::{Canary, RouterKind};
+use crate::router::{TrafficRouter, Watched};
 
 /// Settings of the controller process.
 #[derive(Clone, Debug)]
@@ -33,10 +34,25 @@ pub struct Stores {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub autoscalers: Store<HorizontalPodAutoscaler>,
-    pub virtual_services: Store<VirtualService>,
-    pub destination_rules: Store<DestinationRule>,
     pub config_maps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
+    /// The objects the routers wrote, one cache per watched kind and selector.
+    pub routed: Vec<(Watched, Store<DynamicObject>)>,
+}
+
+impl Stores {
+    /// The cached copy of a router's object of the same kind, namespace and name as
+    /// `object`.
+    pub fn routed_copy(&self, object: &DynamicObject) -> Option<Arc<DynamicObject>> {
+        let name = object.metadata.name.as_deref()?;
+        let ns = object.metadata.namespace.as_deref().unwrap_or_default();
+        self.routed
+            .iter()
+            .filter(|(watched, _)| watched.kind.is_kind_of(object))
+            .find_map(|(watched, store)| {
+                store.get(&ObjectRef::new_with(name, watched.kind.api_resource()).within(ns))
+            })
+    }
 }
 
 /// Shared with the HTTP server: diagnostics and the metrics registry.
@@ -84,10 +100,6 @@ pub struct Context {
     pub routers: crate::router::Routers,
     /// Client for webhooks and alerts.
     pub http: reqwest::Client,
-    /// Content hashes of objects without a cache, as this process last applied them,
-    /// and when.
-    pub applied:
-        parking_lot::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     /// Canaries as sluice last wrote their status, by uid, with the resourceVersion they
     /// had before: while the cache still shows that version it is stale, and the written
     /// copy is used instead, so a quick second reconcile does not repeat a step.
@@ -95,6 +107,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// The router of a Canary: its `spec.provider`, or the controller's default.
+    pub fn router(&self, canary: &Canary) -> &dyn TrafficRouter {
+        self.routers
+            .for_kind(canary.spec.provider.unwrap_or(self.config.default_provider))
+    }
+
     /// The freshest known copy of a Canary: the cache's, unless sluice wrote a newer status.
     pub fn freshest(&self, cached: Arc<Canary>) -> Arc<Canary> {
         let Some(uid) = cached.metadata.uid.clone() else {

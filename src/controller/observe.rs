@@ -73,7 +73,7 @@ pub async fn observe(canary: &Canary, ctx: &Context) -> Observation {
         tracked_configs,
     };
     if canary.phase() == Some(crate::api::Phase::Progressing) {
-        ctx.analysis.sample(canary).await;
+        ctx.analysis.sample(canary, ctx.router(canary)).await;
     }
     Observation {
         observed,

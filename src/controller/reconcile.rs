@@ -2,7 +2,7 @@
 //! apply under one field manager and skips objects whose applied content is unchanged.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
@@ -29,9 +29,6 @@ use crate::router::{self, TrafficRouter};
 pub const FIELD_MANAGER: &str = "sluice";
 /// Hash of the content sluice last applied to an object; an equal hash skips the write.
 pub const APPLIED_HASH: &str = "sluice.dev/applied-hash";
-/// Objects without a cache of their own (the router's ServiceAccount, Role, ...) are
-/// applied again at least this often, so one deleted or edited by hand comes back.
-const REAPPLY_AFTER: Duration = Duration::from_secs(60);
 /// How soon a reconcile that waits for a router to become available looks again.
 const APEX_WAIT_REQUEUE: Duration = Duration::from_secs(2);
 
@@ -132,7 +129,8 @@ async fn decide_gathering(
                     Ok(spec) => spec,
                     Err(_) => return plan,
                 };
-                observed.metrics = Some(ctx.analysis.evaluate(canary, &spec).await);
+                let router = ctx.router(canary);
+                observed.metrics = Some(ctx.analysis.evaluate(canary, &spec, router).await);
             }
             Some(Need::Hooks(kind)) if !observed.gates.contains_key(&kind) => {
                 let result = gates::call(ctx, canary, kind, &observed.revision).await;
@@ -185,9 +183,7 @@ async fn execute(
     let ns = canary.namespace().ok_or(Error::NoNamespace)?;
     let mut applied = Applied::Complete;
     if let (true, Some(target)) = (plan.ensure_objects, observation.target.as_deref()) {
-        let router = ctx
-            .routers
-            .for_kind(canary.spec.provider.unwrap_or(ctx.config.default_provider));
+        let router = ctx.router(canary);
         let app = AppLabel::of(target)?;
         applied = ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
     }
@@ -314,11 +310,11 @@ async fn ensure_objects(
     // The router and its routes before the Services: the apex must not lead to a router
     // that does not exist yet.
     for obj in router.static_objects(canary)? {
-        apply_dynamic(ctx, canary, ns, obj).await?;
+        apply_dynamic(ctx, router, ns, obj).await?;
     }
     if let Some(routes) = &plan.routes {
         for obj in router.route_objects(canary, routes.clone())? {
-            apply_dynamic(ctx, canary, ns, obj).await?;
+            apply_dynamic(ctx, router, ns, obj).await?;
         }
     }
     let apex_selector = router.apex_selector(canary, app);
@@ -465,56 +461,25 @@ where
     Ok(true)
 }
 
-/// Applies a router object; VirtualServices and DestinationRules are also compared by
-/// spec so that a hand edit is put back.
+/// Applies a router's object unless its cached copy carries the same content hash and
+/// has not drifted. Every kind a router writes is watched, so one deleted or edited by
+/// hand is put back by the next reconcile.
 async fn apply_dynamic(
     ctx: &Context,
-    canary: &Canary,
+    router: &dyn TrafficRouter,
     ns: &str,
     mut obj: DynamicObject,
 ) -> Result<bool, Error> {
+    obj.metadata.namespace = Some(ns.to_string());
     let types = obj.types.clone().unwrap_or_default();
     let hash = content_hash(&obj)?;
-    let name = obj.name_any();
-    // Per Canary (by uid): a namespace deleted and made again with a new Canary must not
-    // find its objects "recently applied".
-    let applied_key = format!(
-        "{}/{}/{ns}/{name}",
-        canary.metadata.uid.as_deref().unwrap_or_default(),
-        types.kind
-    );
-    let unchanged = match types.kind.as_str() {
-        "VirtualService" => ctx
-            .stores
-            .virtual_services
-            .get(&ObjectRef::new(&name).within(ns))
-            .is_some_and(|c| {
-                c.annotations().get(APPLIED_HASH) == Some(&hash)
-                    && serde_json::to_value(&c.spec).ok() == obj.data.get("spec").cloned()
-            }),
-        "DestinationRule" => ctx
-            .stores
-            .destination_rules
-            .get(&ObjectRef::new(&name).within(ns))
-            .is_some_and(|c| {
-                c.annotations().get(APPLIED_HASH) == Some(&hash)
-                    && serde_json::to_value(&c.spec).ok() == obj.data.get("spec").cloned()
-            }),
-        // A Deployment deleted by hand is missing from the cache: applied again at once.
-        "Deployment" => {
-            ctx.stores
-                .deployments
-                .get(&ObjectRef::new(&name).within(ns))
-                .is_some_and(|c| c.annotations().get(APPLIED_HASH) == Some(&hash))
-                && recently_applied(ctx, &applied_key, &hash)
-        }
-        _ => recently_applied(ctx, &applied_key, &hash),
-    };
+    let unchanged = ctx.stores.routed_copy(&obj).is_some_and(|live| {
+        live.annotations().get(APPLIED_HASH) == Some(&hash) && !router.drifted(&obj, &live)
+    });
     if unchanged {
         return Ok(false);
     }
-    obj.annotations_mut()
-        .insert(APPLIED_HASH.into(), hash.clone());
+    obj.annotations_mut().insert(APPLIED_HASH.into(), hash);
     let (group, version) = match types.api_version.split_once('/') {
         Some((g, v)) => (g.to_string(), v.to_string()),
         None => (String::new(), types.api_version.clone()),
@@ -523,28 +488,12 @@ async fn apply_dynamic(
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
     ctx.metrics.api_calls.inc();
     api.patch(
-        &name,
+        &obj.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&obj),
     )
     .await?;
-    let mut applied = ctx.applied.lock();
-    // Expired entries (of deleted Canaries too) are forgotten now and then.
-    if applied.len() > 1024 {
-        applied.retain(|_, (_, at)| at.elapsed() < REAPPLY_AFTER);
-    }
-    applied.insert(applied_key, (hash, Instant::now()));
-    drop(applied);
     Ok(true)
-}
-
-/// This process applied exactly this content to the object (for this Canary) less than
-/// [`REAPPLY_AFTER`] ago.
-fn recently_applied(ctx: &Context, key: &str, hash: &str) -> bool {
-    ctx.applied
-        .lock()
-        .get(key)
-        .is_some_and(|(h, at)| h == hash && at.elapsed() < REAPPLY_AFTER)
 }
 
 fn content_hash<T: Serialize>(obj: &T) -> Result<String, Error> {

@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use kube::api::DynamicObject;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -25,8 +26,8 @@ use super::configs;
 use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
 use super::reconcile::{error_policy, reconcile};
-use crate::api::istio::{DestinationRule, VirtualService};
-use crate::api::Canary;
+use crate::api::{Canary, RouterKind};
+use crate::router::{SharedObjects, Watched};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -200,70 +201,57 @@ async fn run_controller(
     let (services, svc_stream) = cached::<Service>(&client, &managed);
     // All autoscalers: the targets' own are read to make the primary's copy.
     let (autoscalers, hpa_stream) = cached::<HorizontalPodAutoscaler>(&client, &wc);
-    let (virtual_services, vs_stream) = cached::<VirtualService>(&client, &managed);
-    let (destination_rules, dr_stream) = cached::<DestinationRule>(&client, &managed);
-
+    let routers = crate::router::Routers::new(
+        options.config.proxy_image.clone(),
+        options.config.router_replicas,
+    );
+    let (routed, routed_streams): (Vec<_>, Vec<_>) = routers
+        .watched()
+        .into_iter()
+        .map(|watched| {
+            let (store, stream) = cached_routed(&client, &wc, watched);
+            ((watched, store), (watched, stream))
+        })
+        .unzip();
     let ctx = Arc::new(Context {
         client: client.clone(),
         stores: Stores {
             deployments: deployments.clone(),
             services,
             autoscalers,
-            virtual_services,
-            destination_rules,
             config_maps,
             secrets,
+            routed,
         },
         events: super::events::EventPublisher::new(client.clone(), options.identity.clone()),
         metrics: state.metrics.clone(),
         diagnostics: state.diagnostics.clone(),
         config: options.config.clone(),
-        analysis: Analysis::new(
-            client.clone(),
-            options.config.default_provider,
-            options.config.metrics_server.clone(),
-        )?,
+        analysis: Analysis::new(client.clone(), options.config.metrics_server.clone())?,
         written: Default::default(),
-        routers: crate::router::Routers::new(
-            options.config.proxy_image.clone(),
-            options.config.router_replicas,
-        ),
+        routers,
         http: reqwest::Client::builder()
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()?,
-        applied: Default::default(),
     });
 
     let controller = Controller::new(canaries, wc.clone());
     let canary_store = controller.store();
-    // A Deployment triggers the Canaries that target it or own it (the primary); a
-    // namespace's router triggers all its Canaries (it serves them all, and one deleted
-    // by hand is put back).
+    // A Deployment triggers the Canaries that target it or own it (the primary).
     let targets = canary_store.clone();
-    let controller = controller
+    let mut controller = controller
         .watches_stream(deploy_stream, move |d: Deployment| {
             let ns = d.namespace().unwrap_or_default();
             let name = d.name_any();
-            let is_router = name == crate::router::sluice::ROUTER_NAME
-                && d.labels()
-                    .get(crate::router::sluice::MANAGED_LABEL_KEY)
-                    .is_some();
-            let owners: Vec<ObjectRef<Canary>> = d
-                .owner_references()
-                .iter()
-                .filter(|o| o.kind == Canary::kind(&()))
-                .map(|o| ObjectRef::new(&o.name).within(&ns))
-                .collect();
             let targeting: Vec<ObjectRef<Canary>> = targets
                 .state()
                 .iter()
                 .filter(|c| {
-                    c.namespace().as_deref() == Some(ns.as_str())
-                        && (is_router || c.spec.target_ref.name == name)
+                    c.namespace().as_deref() == Some(ns.as_str()) && c.spec.target_ref.name == name
                 })
                 .map(|c| ObjectRef::from_obj(c.as_ref()))
                 .collect();
-            owners.into_iter().chain(targeting)
+            canary_owners(&d).into_iter().chain(targeting)
         })
         .watches_stream(cm_stream, {
             let (canaries, deployments) = (canary_store.clone(), deployments.clone());
@@ -290,10 +278,30 @@ async fn run_controller(
             }
         })
         .owns_stream(svc_stream)
-        .owns_stream(hpa_stream)
-        .owns_stream(vs_stream)
-        .owns_stream(dr_stream)
-        .graceful_shutdown_on(wait_for(stop));
+        .owns_stream(hpa_stream);
+    // A router's object triggers the Canary that owns it; one shared by a namespace's
+    // Canaries (sluice-router's) triggers them all, so one deleted by hand is put back.
+    for (watched, stream) in routed_streams {
+        let canaries = canary_store.clone();
+        controller = controller.watches_stream_with(
+            stream,
+            move |o: DynamicObject| {
+                let owners = canary_owners(&o);
+                if !owners.is_empty() {
+                    return owners;
+                }
+                let ns = o.namespace().unwrap_or_default();
+                canaries
+                    .state()
+                    .iter()
+                    .filter(|c| c.namespace().as_deref() == Some(ns.as_str()))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+                    .collect()
+            },
+            watched.kind.api_resource(),
+        );
+    }
+    let controller = controller.graceful_shutdown_on(wait_for(stop));
 
     let diagnostics = state.diagnostics.clone();
     let total = state.metrics.total.clone();
@@ -327,12 +335,7 @@ async fn run_controller(
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
     };
-    let janitor = remove_unused_routers(
-        client.clone(),
-        janitor_canaries,
-        ctx.stores.deployments.clone(),
-        options.config.default_provider,
-    );
+    let janitor = remove_unused_shared_objects(ctx.clone(), janitor_canaries);
     let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -351,74 +354,116 @@ async fn run_controller(
 /// How often namespaces are checked for a router that no Canary uses.
 const ROUTER_SWEEP: Duration = Duration::from_secs(30);
 
-/// The namespaces whose controller-made router no Canary uses: no Canary there has
-/// provider sluice (a Canary being deleted still counts: its Service may still lead to
-/// the router until it is reverted).
-pub fn unused_routers(
+/// The namespaces among `present` (those holding a router's shared objects) where no
+/// Canary uses that router (a Canary being deleted still counts: its Service may still
+/// lead to the router until it is reverted).
+pub fn unused_shared(
     canaries: &[Arc<Canary>],
-    routers: &[Arc<Deployment>],
-    default_provider: crate::api::RouterKind,
+    present: &std::collections::BTreeSet<String>,
+    router: RouterKind,
+    default_provider: RouterKind,
 ) -> std::collections::BTreeSet<String> {
-    use crate::router::sluice::{MANAGED_LABEL_KEY, MANAGED_LABEL_VALUE, ROUTER_NAME};
     let used: std::collections::BTreeSet<String> = canaries
         .iter()
-        .filter(|c| c.spec.provider.unwrap_or(default_provider) == crate::api::RouterKind::Sluice)
+        .filter(|c| c.spec.provider.unwrap_or(default_provider) == router)
         .filter_map(|c| c.namespace())
         .collect();
-    routers
+    present.difference(&used).cloned().collect()
+}
+
+/// The namespaces holding `shared` (its last kind, applied last, named `shared.name`).
+fn namespaces_holding(ctx: &Context, shared: &SharedObjects) -> std::collections::BTreeSet<String> {
+    let Some(last) = shared.kinds.last() else {
+        return Default::default();
+    };
+    ctx.stores
+        .routed
         .iter()
-        .filter(|d| {
-            d.name_any() == ROUTER_NAME
-                && d.labels().get(MANAGED_LABEL_KEY).map(String::as_str)
-                    == Some(MANAGED_LABEL_VALUE)
-        })
-        .filter_map(|d| d.namespace())
-        .filter(|ns| !used.contains(ns))
+        .filter(|(watched, _)| watched.kind == *last)
+        .flat_map(|(_, store)| store.state())
+        .filter(|o| o.metadata.name.as_deref() == Some(shared.name))
+        .filter_map(|o| o.namespace())
         .collect()
 }
 
-/// Deletes the router objects of namespaces found unused in two sweeps in a row, so a
-/// Canary that is being created (or switching provider) is not raced.
-async fn remove_unused_routers(
-    client: Client,
-    canaries: reflector::Store<Canary>,
-    deployments: reflector::Store<Deployment>,
-    default_provider: crate::api::RouterKind,
-) {
-    let mut suspects = std::collections::BTreeSet::new();
+/// Deletes a router's shared objects in namespaces found unused in two sweeps in a row,
+/// so a Canary that is being created (or switching provider) is not raced.
+async fn remove_unused_shared_objects(ctx: Arc<Context>, canaries: reflector::Store<Canary>) {
+    let mut suspects: std::collections::HashMap<RouterKind, std::collections::BTreeSet<String>> =
+        Default::default();
     loop {
         tokio::time::sleep(ROUTER_SWEEP).await;
-        let unused = unused_routers(&canaries.state(), &deployments.state(), default_provider);
-        for ns in unused.intersection(&suspects) {
-            tracing::info!(namespace = %ns, "removing sluice-router: no Canary here uses it");
-            if let Err(err) = delete_router(&client, ns).await {
-                tracing::warn!(namespace = %ns, error = %err, "removing sluice-router");
+        for router in ctx.routers.all() {
+            let Some(shared) = router.shared_objects() else {
+                continue;
+            };
+            let present = namespaces_holding(&ctx, &shared);
+            let unused = unused_shared(
+                &canaries.state(),
+                &present,
+                router.kind(),
+                ctx.config.default_provider,
+            );
+            let before = suspects.entry(router.kind()).or_default();
+            for ns in unused.intersection(before) {
+                tracing::info!(namespace = %ns, router = router.kind().as_str(), objects = shared.name, "removing a router's objects: no Canary here uses it");
+                if let Err(err) = delete_shared(&ctx.client, ns, &shared).await {
+                    tracing::warn!(namespace = %ns, error = %err, "removing a router's objects");
+                }
             }
+            *before = unused;
         }
-        suspects = unused;
     }
 }
 
-async fn delete_router(client: &Client, ns: &str) -> Result<(), kube::Error> {
-    use crate::router::sluice::{ROUTER_KINDS, ROUTER_NAME};
-    use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
-    // The Deployment first: its pods stop before their permissions go.
-    for kind in ROUTER_KINDS.iter().rev() {
-        let (group, version) = match *kind {
-            "Deployment" => ("apps", "v1"),
-            "PodDisruptionBudget" => ("policy", "v1"),
-            "Role" | "RoleBinding" => ("rbac.authorization.k8s.io", "v1"),
-            _ => ("", "v1"),
-        };
-        let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &resource);
-        match api.delete(ROUTER_NAME, &DeleteParams::background()).await {
+async fn delete_shared(
+    client: &Client,
+    ns: &str,
+    shared: &SharedObjects,
+) -> Result<(), kube::Error> {
+    use kube::api::DeleteParams;
+    // In reverse order of creation: a Deployment's pods stop before their permissions go.
+    for kind in shared.kinds.iter().rev() {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), ns, &kind.api_resource());
+        match api.delete(shared.name, &DeleteParams::background()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(err) => return Err(err),
         }
     }
     Ok(())
+}
+
+/// The Canaries named in an object's owner references.
+fn canary_owners<K: Resource>(object: &K) -> Vec<ObjectRef<Canary>> {
+    let ns = object.meta().namespace.clone().unwrap_or_default();
+    object
+        .owner_references()
+        .iter()
+        .filter(|o| o.kind == Canary::kind(&()))
+        .map(|o| ObjectRef::new(&o.name).within(&ns))
+        .collect()
+}
+
+/// A cache of the objects one router wrote of one kind, and the stream that fills it.
+fn cached_routed(
+    client: &Client,
+    config: &watcher::Config,
+    watched: Watched,
+) -> (
+    reflector::Store<DynamicObject>,
+    impl futures::Stream<Item = Result<DynamicObject, watcher::Error>> + Send + 'static,
+) {
+    let resource = watched.kind.api_resource();
+    let writer = reflector::store::Writer::new(resource.clone());
+    let store = writer.as_reader();
+    let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+    let stream = watcher(api, config.clone().labels(watched.selector))
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
 }
 
 /// A cache of one kind across the cluster, and the stream that fills it (driven by the
@@ -538,7 +583,6 @@ async fn diagnostics(AxumState(state): AxumState<State>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::RouterKind;
 
     fn canary(ns: &str, provider: &str) -> Arc<Canary> {
         Arc::new(
@@ -549,41 +593,24 @@ mod tests {
         )
     }
 
-    fn router(ns: &str, managed: bool) -> Arc<Deployment> {
-        let label = if managed {
-            ", sluice.dev/router: for-canaries"
-        } else {
-            ""
-        };
-        Arc::new(
-            serde_yaml::from_str(&format!(
-                "metadata: {{name: sluice-router, namespace: {ns}, labels: {{app.kubernetes.io/name: sluice-router{label}}}}}\n"
-            ))
-            .unwrap(),
-        )
-    }
-
     #[test]
-    fn a_router_without_a_sluice_canary_in_its_namespace_is_unused() {
+    fn shared_objects_without_a_canary_of_their_router_in_the_namespace_are_unused() {
         let canaries = [
             canary("shop", "provider: sluice, "),
             canary("mesh", "provider: istio, "),
             canary("plain", ""),
         ];
-        let routers = [
-            router("shop", true),
-            router("mesh", true),
-            router("plain", true),
-            router("empty", true),
-            router("by-hand", false),
-        ];
-        // (default provider, namespaces whose router is unused)
+        let present: std::collections::BTreeSet<String> = ["shop", "mesh", "plain", "empty"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        // (default provider, namespaces whose sluice-router is unused)
         let cases: [(RouterKind, &[&str]); 2] = [
             (RouterKind::Istio, &["empty", "mesh", "plain"]),
             (RouterKind::Sluice, &["empty", "mesh"]),
         ];
         for (default, want) in cases {
-            let got = unused_routers(&canaries, &routers, default);
+            let got = unused_shared(&canaries, &present, RouterKind::Sluice, default);
             assert_eq!(
                 got.iter().map(String::as_str).collect::<Vec<_>>(),
                 want,

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
-use super::{to_dynamic, Error, TrafficRouter};
+use super::{spec_differs, to_dynamic, Error, Kind, TrafficRouter, Watched};
+use crate::analysis::Reporter;
 use crate::api::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
     HttpRoute, HttpRouteDestination, Percent, PortSelector, StringMatch, VirtualService,
@@ -38,7 +39,34 @@ impl TrafficRouter for IstioRouter {
         let vs = virtual_service(canary, routes);
         Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
     }
+
+    fn watched(&self) -> Vec<Watched> {
+        WATCHED.to_vec()
+    }
+
+    /// Istio's API server adds no defaults to these specs, so an edit by hand shows.
+    fn drifted(&self, desired: &DynamicObject, live: &DynamicObject) -> bool {
+        spec_differs(desired, live)
+    }
+
+    fn reporter(&self) -> Reporter {
+        Reporter::Destination
+    }
 }
+
+/// The VirtualService and DestinationRules sluice made, for Istio or for sluice-router.
+pub(super) const WATCHED: [Watched; 2] = [
+    Watched {
+        kind: Kind::VIRTUAL_SERVICE,
+        selector: MANAGED_BY_SLUICE,
+    },
+    Watched {
+        kind: Kind::DESTINATION_RULE,
+        selector: MANAGED_BY_SLUICE,
+    },
+];
+
+const MANAGED_BY_SLUICE: &str = "app.kubernetes.io/managed-by=sluice";
 
 pub fn destination_rules(canary: &Canary) -> Vec<DestinationRule> {
     let svc = canary.service_name();

@@ -1,14 +1,19 @@
-//! Traffic routers: how a Canary's weights become objects in the cluster. Each router is
-//! pure rendering; the controller applies what it renders with server-side apply.
-//! A new router (e.g. Gateway API) is one new file implementing [`TrafficRouter`].
+//! Traffic routers: how a Canary's weights become objects in the cluster. Each router
+//! renders its objects purely and says what the controller needs to know about them: the
+//! kinds to watch, when a live copy has drifted, where the built-in metrics come from and
+//! which objects it shares between the Canaries of a namespace. The controller applies
+//! what a router renders with server-side apply and knows no router by name.
+//! A new router is one new file implementing [`TrafficRouter`], listed in [`Routers`].
 
 pub mod istio;
 pub mod sluice;
 
 use std::collections::BTreeMap;
 
-use kube::api::DynamicObject;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
+use crate::analysis::Reporter;
 use crate::api::{Canary, RouterKind};
 use crate::controller::workloads::AppLabel;
 use crate::rollout::Routes;
@@ -23,7 +28,108 @@ pub enum Error {
     },
 }
 
-/// Renders the routing objects of one router kind.
+/// A kind of object a router writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+}
+
+impl Kind {
+    pub const DEPLOYMENT: Kind = Kind::new("apps", "v1", "Deployment", "deployments");
+    pub const SERVICE_ACCOUNT: Kind = Kind::new("", "v1", "ServiceAccount", "serviceaccounts");
+    pub const ROLE: Kind = Kind::new("rbac.authorization.k8s.io", "v1", "Role", "roles");
+    pub const ROLE_BINDING: Kind = Kind::new(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+    );
+    pub const POD_DISRUPTION_BUDGET: Kind = Kind::new(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+    );
+    pub const VIRTUAL_SERVICE: Kind = Kind::new(
+        "networking.istio.io",
+        "v1beta1",
+        "VirtualService",
+        "virtualservices",
+    );
+    pub const DESTINATION_RULE: Kind = Kind::new(
+        "networking.istio.io",
+        "v1beta1",
+        "DestinationRule",
+        "destinationrules",
+    );
+
+    pub const fn new(
+        group: &'static str,
+        version: &'static str,
+        kind: &'static str,
+        plural: &'static str,
+    ) -> Self {
+        Kind {
+            group,
+            version,
+            kind,
+            plural,
+        }
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, self.kind),
+            self.plural,
+        )
+    }
+
+    /// Whether `object` (as rendered, with its `apiVersion` and `kind`) is of this kind.
+    pub fn is_kind_of(&self, object: &DynamicObject) -> bool {
+        object
+            .types
+            .as_ref()
+            .is_some_and(|t| t.kind == self.kind && t.api_version == self.api_version())
+    }
+}
+
+/// A kind the controller caches for a router, and the label selector that picks the
+/// objects the router wrote (so the cache holds nothing else of the kind).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watched {
+    pub kind: Kind,
+    pub selector: &'static str,
+}
+
+/// Objects a router keeps once per namespace for all its Canaries there: one name, these
+/// kinds, applied in this order and deleted in reverse once no Canary there uses the
+/// router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedObjects {
+    pub name: &'static str,
+    pub kinds: &'static [Kind],
+}
+
+/// Pods in the Canary's namespace that serve the built-in metrics' series themselves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsPods {
+    pub selector: &'static str,
+    /// Their metrics port, unless a pod annotates `prometheus.io/port`.
+    pub port: u16,
+}
+
+/// One traffic router (a `spec.provider`).
 pub trait TrafficRouter: Send + Sync {
     fn kind(&self) -> RouterKind;
 
@@ -31,10 +137,7 @@ pub trait TrafficRouter: Send + Sync {
     fn apex_selector(&self, canary: &Canary, app: &AppLabel) -> BTreeMap<String, String>;
 
     /// Port the apex Service targets when it is not the app's (a proxy's port).
-    fn apex_target_port(
-        &self,
-        _canary: &Canary,
-    ) -> Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString> {
+    fn apex_target_port(&self, _canary: &Canary) -> Option<IntOrString> {
         None
     }
 
@@ -49,6 +152,31 @@ pub trait TrafficRouter: Send + Sync {
 
     /// Objects that carry the weights, mirroring and session cookies (e.g. the VirtualService).
     fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error>;
+
+    /// Every kind [`static_objects`](Self::static_objects) and
+    /// [`route_objects`](Self::route_objects) render. The controller watches them, so a
+    /// change or a deletion by hand is seen at once and put back.
+    fn watched(&self) -> Vec<Watched>;
+
+    /// Whether the live copy of an object this router rendered differs from `desired` in
+    /// what the router owns. Only meaningful where the API server adds no defaults to
+    /// those fields; by default only the content hash sluice wrote is compared.
+    fn drifted(&self, _desired: &DynamicObject, _live: &DynamicObject) -> bool {
+        false
+    }
+
+    /// Who reports the series the built-in metrics read.
+    fn reporter(&self) -> Reporter;
+
+    /// Pods that can be scraped for those series when no Prometheus is set.
+    fn metrics_pods(&self) -> Option<MetricsPods> {
+        None
+    }
+
+    /// Objects shared by the namespace's Canaries of this router.
+    fn shared_objects(&self) -> Option<SharedObjects> {
+        None
+    }
 }
 
 /// The routers a controller drives, one per provider.
@@ -68,11 +196,27 @@ impl Routers {
         }
     }
 
+    /// Every router, in the order of [`RouterKind::ALL`].
+    pub fn all(&self) -> [&dyn TrafficRouter; RouterKind::ALL.len()] {
+        [&self.istio, &self.sluice]
+    }
+
     pub fn for_kind(&self, kind: RouterKind) -> &dyn TrafficRouter {
-        match kind {
-            RouterKind::Istio => &self.istio,
-            RouterKind::Sluice => &self.sluice,
-        }
+        let routers = self.all();
+        let i = RouterKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or_default();
+        routers[i]
+    }
+
+    /// Every kind any router writes, once, each with the selectors of the routers that
+    /// watch it (a kind two routers write is cached once with each selector).
+    pub fn watched(&self) -> Vec<Watched> {
+        let mut all: Vec<Watched> = self.all().iter().flat_map(|r| r.watched()).collect();
+        all.sort_by(|a, b| (a.kind, a.selector).cmp(&(b.kind, b.selector)));
+        all.dedup();
+        all
     }
 }
 
@@ -89,4 +233,122 @@ pub(crate) fn to_dynamic<T: serde::Serialize>(
             name: name.to_string(),
             source,
         })
+}
+
+/// The live `spec` does not hold every field of the desired one with its value. Fields
+/// only the live copy has (another field manager's) do not count, and numbers compare
+/// by value: the API server writes `50.0` back as `50`.
+pub(crate) fn spec_differs(desired: &DynamicObject, live: &DynamicObject) -> bool {
+    match (desired.data.get("spec"), live.data.get("spec")) {
+        (None, _) => false,
+        (Some(want), Some(have)) => !covers(have, want),
+        (Some(_), None) => true,
+    }
+}
+
+/// `have` holds everything `want` says; lists must match item by item.
+fn covers(have: &serde_json::Value, want: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (have, want) {
+        (_, Value::Null) => true,
+        (Value::Object(have), Value::Object(want)) => want
+            .iter()
+            .all(|(k, w)| w.is_null() || have.get(k).is_some_and(|h| covers(h, w))),
+        (Value::Array(have), Value::Array(want)) => {
+            have.len() == want.len() && have.iter().zip(want).all(|(h, w)| covers(h, w))
+        }
+        (Value::Number(have), Value::Number(want)) => have.as_f64() == want.as_f64(),
+        (have, want) => have == want,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provider_has_its_router() {
+        let routers = Routers::new("img".into(), 1);
+        for kind in RouterKind::ALL {
+            assert_eq!(routers.for_kind(kind).kind(), kind);
+        }
+    }
+
+    #[test]
+    fn kinds_name_their_api_group() {
+        let cases = [
+            (Kind::DEPLOYMENT, "apps/v1", "deployments"),
+            (Kind::SERVICE_ACCOUNT, "v1", "serviceaccounts"),
+            (
+                Kind::VIRTUAL_SERVICE,
+                "networking.istio.io/v1beta1",
+                "virtualservices",
+            ),
+        ];
+        for (kind, api_version, plural) in cases {
+            assert_eq!(kind.api_version(), api_version);
+            let ar = kind.api_resource();
+            assert_eq!(
+                (ar.api_version.as_str(), ar.plural.as_str()),
+                (api_version, plural)
+            );
+        }
+    }
+
+    #[test]
+    fn drift_is_a_desired_field_missing_or_changed() {
+        let object = |spec: serde_json::Value| -> DynamicObject {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.istio.io/v1beta1",
+                "kind": "VirtualService",
+                "metadata": {"name": "app"},
+                "spec": spec,
+            }))
+            .unwrap()
+        };
+        use serde_json::json;
+        let desired = json!({"hosts": ["app"], "http": [{"mirrorPercentage": {"value": 50.0}, "route": [{"weight": 90}, {"weight": 10}]}]});
+        // (live spec, drifted)
+        let cases = [
+            (desired.clone(), false),
+            (
+                json!({"hosts": ["app"], "http": [{"mirrorPercentage": {"value": 50}, "route": [{"weight": 90}, {"weight": 10}]}]}),
+                false,
+            ),
+            (
+                json!({"hosts": ["app"], "gateways": ["mesh"], "http": [{"mirrorPercentage": {"value": 50}, "route": [{"weight": 90}, {"weight": 10}]}]}),
+                false,
+            ),
+            (
+                json!({"hosts": ["app"], "http": [{"mirrorPercentage": {"value": 50}, "route": [{"weight": 100}, {"weight": 0}]}]}),
+                true,
+            ),
+            (
+                json!({"hosts": ["app"], "http": [{"route": [{"weight": 90}, {"weight": 10}]}]}),
+                true,
+            ),
+            (
+                json!({"hosts": ["app", "other"], "http": [{"mirrorPercentage": {"value": 50}, "route": [{"weight": 90}, {"weight": 10}]}]}),
+                true,
+            ),
+            (json!(null), true),
+        ];
+        for (live, want) in cases {
+            assert_eq!(
+                spec_differs(&object(desired.clone()), &object(live.clone())),
+                want,
+                "{live}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_kind_two_routers_write_is_watched_once_per_selector() {
+        let watched = Routers::new("img".into(), 1).watched();
+        let vs: Vec<&Watched> = watched
+            .iter()
+            .filter(|w| w.kind == Kind::VIRTUAL_SERVICE)
+            .collect();
+        assert_eq!(vs.len(), 1, "{watched:?}");
+    }
 }

@@ -21,7 +21,10 @@ use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use super::istio::{self, IstioRouter};
-use super::{to_dynamic, Error, TrafficRouter};
+use super::{
+    spec_differs, to_dynamic, Error, Kind, MetricsPods, SharedObjects, TrafficRouter, Watched,
+};
+use crate::analysis::Reporter;
 use crate::api::{Canary, RouterKind};
 use crate::controller::workloads::AppLabel;
 use crate::rollout::Routes;
@@ -40,6 +43,10 @@ pub const DRAIN_SECONDS: u32 = 5;
 /// `--print-router-manifest`): only these are removed when no Canary uses them.
 pub const MANAGED_LABEL_KEY: &str = "sluice.dev/router";
 pub const MANAGED_LABEL_VALUE: &str = "for-canaries";
+/// [`MANAGED_LABEL_KEY`]=[`MANAGED_LABEL_VALUE`] as a label selector.
+const MANAGED_SELECTOR: &str = "sluice.dev/router=for-canaries";
+/// The router pods, whose admin port serves the metrics the built-in checks read.
+pub const ROUTER_SELECTOR: &str = "app.kubernetes.io/name=sluice-router";
 
 pub struct SluiceRouter {
     /// Image of sluice-proxy.
@@ -108,6 +115,38 @@ impl TrafficRouter for SluiceRouter {
         let vs = istio::virtual_service(canary, routes);
         Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
     }
+
+    fn watched(&self) -> Vec<Watched> {
+        let router = ROUTER_KINDS.iter().map(|&kind| Watched {
+            kind,
+            selector: MANAGED_SELECTOR,
+        });
+        istio::WATCHED.into_iter().chain(router).collect()
+    }
+
+    /// The routes' specs get no defaults from the API server; the router's own objects
+    /// (a Deployment above all) do, so for them only the applied hash counts.
+    fn drifted(&self, desired: &DynamicObject, live: &DynamicObject) -> bool {
+        istio::WATCHED.iter().any(|w| w.kind.is_kind_of(desired)) && spec_differs(desired, live)
+    }
+
+    fn reporter(&self) -> Reporter {
+        Reporter::Source
+    }
+
+    fn metrics_pods(&self) -> Option<MetricsPods> {
+        Some(MetricsPods {
+            selector: ROUTER_SELECTOR,
+            port: ADMIN_PORT as u16,
+        })
+    }
+
+    fn shared_objects(&self) -> Option<SharedObjects> {
+        Some(SharedObjects {
+            name: ROUTER_NAME,
+            kinds: &ROUTER_KINDS,
+        })
+    }
 }
 
 /// The router's objects as YAML, for running sluice-proxy in a namespace without a Canary
@@ -131,12 +170,12 @@ pub fn router_manifest(ns: &str, image: &str, replicas: i32) -> Result<String, s
 
 /// The kinds of the router objects, in the order they are applied (the Deployment last,
 /// so its pods start with their permissions in place).
-pub const ROUTER_KINDS: [&str; 5] = [
-    "ServiceAccount",
-    "Role",
-    "RoleBinding",
-    "PodDisruptionBudget",
-    "Deployment",
+pub const ROUTER_KINDS: [Kind; 5] = [
+    Kind::SERVICE_ACCOUNT,
+    Kind::ROLE,
+    Kind::ROLE_BINDING,
+    Kind::POD_DISRUPTION_BUDGET,
+    Kind::DEPLOYMENT,
 ];
 
 pub fn router_labels() -> BTreeMap<String, String> {
@@ -420,7 +459,10 @@ spec:
                 "Deployment"
             ]
         );
-        assert_eq!(kinds[2..], ROUTER_KINDS);
+        assert_eq!(kinds[2..], ROUTER_KINDS.map(|k| k.kind));
+        for (o, kind) in objs[2..].iter().zip(ROUTER_KINDS) {
+            assert!(kind.is_kind_of(o), "{kind:?}");
+        }
         for o in &objs[2..] {
             assert_eq!(o.metadata.namespace.as_deref(), Some("shop"));
             assert!(
