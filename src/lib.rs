@@ -13,3 +13,4 @@ pub mod proxy;
 pub mod rollout;
 pub mod router;
 pub mod shutdown;
+pub mod workloads;

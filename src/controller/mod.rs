@@ -1,6 +1,6 @@
 //! The controller: observe the cluster, decide with [`crate::rollout`], apply the plan.
 pub mod analysis;
-pub mod configs;
+pub mod apply;
 pub mod context;
 pub mod events;
 pub mod gates;
@@ -10,4 +10,3 @@ pub mod observe;
 pub mod reconcile;
 pub mod revert;
 pub mod run;
-pub mod workloads;

@@ -7,11 +7,11 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
-use super::configs::{self, ConfigKind, ConfigRef};
 use super::context::Context;
-use super::workloads::{primary_name, revision_hash, REVISION_ANNOTATION};
 use crate::api::Canary;
 use crate::rollout::{Observed, WorkloadState};
+use crate::workloads::configs::{self, ConfigKind, ConfigRef};
+use crate::workloads::{primary_name, revision_hash, REVISION_ANNOTATION};
 
 /// The observation plus the objects the executor renders from.
 pub struct Observation {

@@ -13,12 +13,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
+use super::apply::{apply, Error, FIELD_MANAGER};
 use super::context::Context;
 use super::observe::workload_state;
-use super::reconcile::{apply, Error, FIELD_MANAGER};
-use super::workloads::{self, AppLabel};
 use crate::api::{Canary, DEFAULT_PROGRESS_DEADLINE_SECONDS};
 use crate::rollout::{Event, EventType};
+use crate::workloads::{self, AppLabel};
 
 pub const FINALIZER: &str = "sluice.dev/revert-on-deletion";
 

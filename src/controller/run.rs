@@ -22,12 +22,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::analysis::Analysis;
-use super::configs;
 use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
 use super::reconcile::{error_policy, reconcile};
 use crate::api::{Canary, RouterKind};
 use crate::router::{SharedObjects, Watched};
+use crate::workloads::configs;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

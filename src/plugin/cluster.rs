@@ -22,8 +22,8 @@ use tokio::sync::Notify;
 use super::control::{self, Action, ControlError};
 use super::render::{last_warning, Snapshot};
 use crate::api::Canary;
-use crate::controller::configs::{self, ConfigKind};
-use crate::controller::workloads::revision_hash;
+use crate::workloads::configs::{self, ConfigKind};
+use crate::workloads::revision_hash;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

@@ -14,8 +14,8 @@ use crate::api::istio::{
     VirtualServiceSpec,
 };
 use crate::api::{Canary, RouterKind};
-use crate::controller::workloads::{owned_meta, AppLabel};
 use crate::rollout::{Routes, Weights};
+use crate::workloads::{owned_meta, AppLabel};
 
 pub struct IstioRouter;
 

@@ -15,8 +15,8 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 
 use crate::analysis::Reporter;
 use crate::api::{Canary, RouterKind};
-use crate::controller::workloads::AppLabel;
 use crate::rollout::Routes;
+use crate::workloads::AppLabel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -26,8 +26,8 @@ use super::{
 };
 use crate::analysis::Reporter;
 use crate::api::{Canary, RouterKind};
-use crate::controller::workloads::AppLabel;
 use crate::rollout::Routes;
+use crate::workloads::AppLabel;
 
 pub const ROUTER_NAME: &str = "sluice-router";
 pub const ROUTER_LABEL_KEY: &str = "app.kubernetes.io/name";

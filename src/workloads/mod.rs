@@ -1,5 +1,9 @@
 //! Pure renders of the Kubernetes objects a Canary owns: the primary Deployment, the
-//! primary/canary/apex Services and the primary autoscaler.
+//! primary/canary/apex Services and the primary autoscaler, and the revision a pod
+//! template (with its configs) hashes to. The controller, the routers and the kubectl
+//! plugin all build on these; this module depends on none of them.
+
+pub mod configs;
 
 use std::collections::BTreeMap;
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::{ConfigMap, PodSpec, PodTemplateSpec, Secret};
 use k8s_openapi::ByteString;
 
-use super::workloads::owned_meta;
+use super::owned_meta;
 use crate::api::Canary;
 
 /// Opting a config out of tracking, with Flagger's annotation or ours.
