@@ -55,7 +55,7 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         Ok(Applied::ApexWaiting) => requeue_after = requeue_after.min(APEX_WAIT_REQUEUE),
         Err(err) if err.is_user_error() => {
             report_blocked(&canary, &plan.status, &err, &ctx, now).await?;
-            return Ok(Action::requeue(Duration::from_secs(60)));
+            return Ok(Action::requeue(rollout::BLOCKED_REQUEUE));
         }
         Err(err) => return Err(err),
     }
@@ -105,18 +105,7 @@ async fn decide_gathering(
         }
     }
     // Unreachable with a sound decision; act on nothing and look again soon.
-    let mut plan = rollout::decide(canary, &observation.observed, now);
-    plan.need = None;
-    plan.ensure_objects = false;
-    plan.primary = PrimaryAction::Keep;
-    plan.target_replicas = None;
-    plan.routes = None;
-    plan.events.clear();
-    plan.consumed_actions.clear();
-    plan.post_rollout = false;
-    plan.status = canary.status.clone().unwrap_or_default();
-    plan.requeue_after = Duration::from_secs(5);
-    plan
+    rollout::idle(canary, Duration::from_secs(5))
 }
 
 /// Retries after an error, sooner for conflicts (another writer raced us).
@@ -407,7 +396,8 @@ async fn publish_events(canary: &Canary, plan: &Plan, ctx: &Context) {
     }
 }
 
-/// Reports an error the user must fix as a condition and a Warning event.
+/// Reports an error the user must fix as a condition and a Warning event, once per
+/// distinct message.
 async fn report_blocked(
     canary: &Canary,
     planned: &CanaryStatus,
@@ -415,43 +405,10 @@ async fn report_blocked(
     ctx: &Context,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let mut status = canary.status.clone().unwrap_or_else(|| planned.clone());
-    let message = err.to_string();
-    let already = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "False" && c.message == message);
-    if already {
-        return Ok(());
+    if let Some(plan) = rollout::blocked(canary, planned, &err.to_string(), now) {
+        write_status(canary, &plan.status, ctx).await?;
+        publish_events(canary, &plan, ctx).await;
     }
-    status.conditions.retain(|c| c.type_ != "Ready");
-    status.conditions.push(crate::api::CanaryCondition {
-        type_: "Ready".into(),
-        status: "False".into(),
-        last_update_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
-        last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
-        reason: "Blocked".into(),
-        message: message.clone(),
-    });
-    write_status(canary, &status, ctx).await?;
-    let plan = Plan {
-        need: None,
-        ensure_objects: false,
-        primary: PrimaryAction::Keep,
-        target_replicas: None,
-        routes: None,
-        status,
-        events: vec![rollout::Event {
-            type_: EventType::Warning,
-            reason: "Blocked",
-            message,
-            alert: None,
-        }],
-        consumed_actions: vec![],
-        post_rollout: false,
-        requeue_after: Duration::from_secs(60),
-    };
-    publish_events(canary, &plan, ctx).await;
     Ok(())
 }
 
@@ -486,27 +443,18 @@ fn record_metrics(canary: &Canary, plan: &Plan, ctx: &Context) {
                 .set(value);
         }
     }
-    let before = canary.phase();
-    if before != Some(phase) && matches!(phase, Phase::Succeeded | Phase::Failed) {
-        let counter = if phase == Phase::Succeeded {
+    if let Some(end) = rollout::run_ended(canary.status.as_ref(), &plan.status, Timestamp::now()) {
+        let counter = if end.phase == Phase::Succeeded {
             &ctx.metrics.successes
         } else {
             &ctx.metrics.failures
         };
         counter.get_or_create(&labels).inc();
-        // The Promoted condition turned Unknown when the run started.
-        let started = canary
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Promoted"))
-            .and_then(|c| c.last_transition_time.as_ref())
-            .map(|t| t.0);
-        if let Some(started) = started {
-            let secs = Timestamp::now().duration_since(started).as_secs_f64();
+        if let Some(took) = end.took {
             ctx.metrics
                 .duration
                 .get_or_create(&labels)
-                .observe(secs.max(0.0));
+                .observe(took.as_secs_f64());
         }
     }
 }

@@ -235,7 +235,7 @@ pub fn decide(canary: &Canary, observed: &Observed, now: Timestamp) -> Plan {
     Decision::new(canary, &spec, observed, now).run()
 }
 
-fn empty_plan(status: CanaryStatus, requeue_after: Duration) -> Plan {
+pub(super) fn empty_plan(status: CanaryStatus, requeue_after: Duration) -> Plan {
     Plan {
         need: None,
         ensure_objects: false,
@@ -1231,7 +1231,7 @@ fn judge(outcome: &MetricOutcome, workload: &str) -> Verdict {
 }
 
 /// Sets a condition; returns true when its status, reason or message changed.
-fn set_condition(
+pub(super) fn set_condition(
     status: &mut CanaryStatus,
     type_: &str,
     value: &str,

@@ -4,6 +4,7 @@
 //! so in [`Plan::need`]; the controller gathers it and decides again.
 
 mod decide;
+mod outcome;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -12,4 +13,5 @@ pub use decide::{
     actions, decide, Event, EventType, GateResult, MetricError, MetricOutcome, Need, Observed,
     Plan, PrimaryAction, Routes, Weights, WorkloadState,
 };
+pub use outcome::{blocked, idle, run_ended, RunEnd, BLOCKED_REQUEUE};
 pub use spec::{BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps, Strategy};
