@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod api;
 pub mod controller;
 pub mod demo;
+pub mod duration;
 pub mod hooks;
 pub mod loadtester;
 pub mod notify;
