@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use regex::Regex;
 
-use super::duration::format_duration;
 use super::{Error, Reporter, Result};
+use crate::duration::{format_prometheus, DurationError};
 
 pub const REQUESTS_TOTAL: &str = "istio_requests_total";
 pub const DURATION_BUCKET: &str = "istio_request_duration_milliseconds_bucket";
@@ -157,13 +157,13 @@ pub fn promql(
     interval: Duration,
 ) -> Result<String> {
     if interval.as_millis() == 0 {
-        return Err(Error::BadInterval {
-            input: format_duration(interval),
-            reason: "must be at least 1ms".into(),
-        });
+        // PromQL has no unit below 1ms: the window would be empty.
+        return Err(Error::BadInterval(DurationError::Zero {
+            text: format_prometheus(interval),
+        }));
     }
     let matchers = Selector::new(reporter, namespace, workload)?.promql_matchers();
-    let window = format_duration(interval);
+    let window = format_prometheus(interval);
     Ok(match metric {
         BuiltinMetric::RequestSuccessRate => format!(
             "(sum(rate({REQUESTS_TOTAL}{{{matchers},response_code!~\"5.*\"}}[{window}])) or vector(0)) \

@@ -16,8 +16,8 @@ use super::builtin::{
     is_server_error, Selector, DURATION_BUCKET, DURATION_HISTOGRAM, DURATION_QUANTILE,
     REQUESTS_TOTAL,
 };
-use super::duration::format_duration;
 use super::{BuiltinMetric, BuiltinQuery, Error, Result};
+use crate::duration::format_prometheus;
 
 /// A series' labels, sorted (so they can key a map).
 pub type Labels = BTreeMap<String, String>;
@@ -360,7 +360,7 @@ pub fn evaluate<'a>(
             Err(Gap::Stale) => stale += 1,
         }
     }
-    let interval = format_duration(query.interval);
+    let interval = format_prometheus(query.interval);
     if targets == 0 {
         let reason = if one_snapshot > 0 {
             "only one sample of the router metrics so far; a value needs a second sample \
@@ -384,7 +384,7 @@ pub fn evaluate<'a>(
             query.workload,
             targets,
             interval,
-            format_duration(covered)
+            format_prometheus(covered)
         ))
     })?;
     Ok(ScrapeValue {

@@ -13,15 +13,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::duration::{self, DurationError};
+
 pub mod builtin;
-pub mod duration;
 pub mod history;
 pub mod prometheus;
 pub mod scrape;
 pub mod template;
 
 pub use builtin::BuiltinMetric;
-pub use duration::{format_duration, parse_duration};
 pub use prometheus::{PrometheusAuth, PrometheusConfig, PrometheusProvider};
 pub use scrape::{SampleReport, ScrapeConfig, ScrapeProvider, ScrapeValue};
 pub use template::{render_template, TemplateVars};
@@ -58,8 +58,8 @@ pub enum Error {
         "unknown built-in metric `{name}` (built-ins: request-success-rate, request-duration)"
     )]
     UnknownMetric { name: String },
-    #[error("bad interval `{input}`: {reason}")]
-    BadInterval { input: String, reason: String },
+    #[error("bad interval: {0}")]
+    BadInterval(#[from] DurationError),
     /// Invalid provider settings (address, header, TLS client).
     #[error("bad metrics provider configuration: {reason}")]
     BadConfig { reason: String },
@@ -83,7 +83,7 @@ impl Error {
             Error::UnknownVariable { .. } => "unknown_variable",
             Error::UnknownProvider { .. } => "unknown_provider",
             Error::UnknownMetric { .. } => "unknown_metric",
-            Error::BadInterval { .. } => "bad_interval",
+            Error::BadInterval(_) => "bad_interval",
             Error::BadConfig { .. } => "bad_config",
             Error::BadResponse { .. } => "bad_response",
             Error::Unsupported { .. } => "unsupported",
@@ -121,7 +121,10 @@ pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A Canary metric's `interval`, or the default when unset.
 pub fn metric_interval(interval: Option<&str>) -> Result<Duration> {
-    interval.map_or(Ok(DEFAULT_METRIC_INTERVAL), parse_duration)
+    match interval {
+        None => Ok(DEFAULT_METRIC_INTERVAL),
+        Some(text) => Ok(duration::positive(text, duration::parse_prometheus)?),
+    }
 }
 
 // === Closed sets ===
@@ -289,7 +292,7 @@ mod tests {
     fn pure_modules_import_no_kube_or_sockets() {
         let pure = [
             ("builtin.rs", include_str!("builtin.rs")),
-            ("duration.rs", include_str!("duration.rs")),
+            ("../duration.rs", include_str!("../duration.rs")),
             ("history.rs", include_str!("history.rs")),
             ("template.rs", include_str!("template.rs")),
         ];

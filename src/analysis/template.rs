@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::duration::format_duration;
 use super::{Error, Result};
+use crate::duration::format_prometheus;
 
 /// The values a MetricTemplate query can reference.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -63,7 +63,7 @@ fn lookup(key: &str, vars: &TemplateVars) -> Result<String> {
         "namespace" => vars.namespace.clone(),
         "target" => vars.target.clone(),
         "service" => vars.service.clone(),
-        "interval" => format_duration(vars.interval),
+        "interval" => format_prometheus(vars.interval),
         _ => match key.strip_prefix(VARIABLES_PREFIX) {
             Some(variable) => {
                 vars.variables

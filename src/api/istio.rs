@@ -4,7 +4,6 @@
 //! and v1, so one Rust type serves all three.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -374,29 +373,6 @@ pub struct OutlierDetection {
     pub max_ejection_percent: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_health_percent: Option<i32>,
-}
-
-/// Istio durations as Go writes them (`1s`, `250ms`, `1.5s`, `2m`, `100us`), or bare
-/// seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 500ms or 1.5s"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1e3,
-        "us" | "µs" => value / 1e6,
-        "ns" => value / 1e9,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("{text:?} has an unknown unit {unit:?}")),
-    };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[cfg(test)]

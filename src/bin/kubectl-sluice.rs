@@ -9,10 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use k8s_openapi::jiff::Timestamp;
+use sluice::duration::parse_go_or_seconds;
 use sluice::plugin::cluster::{connect, ConnectOptions, Connection};
 use sluice::plugin::control::Action;
 use sluice::plugin::render::render_all;
-use sluice::plugin::status::{self, parse_duration, Outcome};
+use sluice::plugin::status::{self, Outcome};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,14 +81,10 @@ enum Command {
     Status {
         /// The Canary
         name: String,
-        /// How long to wait, e.g. 90s, 10m, 1h30m
-        #[arg(long, default_value = "10m", value_parser = parse_timeout)]
+        /// How long to wait, e.g. 90s, 10m, 1h30m, or seconds
+        #[arg(long, default_value = "10m", value_parser = parse_go_or_seconds)]
         timeout: Duration,
     },
-}
-
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// Exit code of `status` for anything but an outcome: not found, no cluster, bad flags.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use sluice::duration::parse_go_or_seconds;
 use sluice::proxy::config::ProxySettings;
 use sluice::proxy::routes::SourceIdentity;
 use sluice::proxy::{Proxy, ProxyOptions};
@@ -83,28 +84,28 @@ struct Args {
     #[arg(long, env = "SLUICE_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
     /// How often the config file is checked for changes.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, default_value = "1s", value_parser = parse_go_or_seconds)]
     reload_poll: Duration,
     /// After SIGTERM: this long not ready but still serving, so endpoints stop sending
     /// here before the port closes.
-    #[arg(long, env = "SLUICE_DRAIN_PERIOD", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_DRAIN_PERIOD", default_value = "0s", value_parser = parse_go_or_seconds)]
     drain_period: Duration,
     /// After the drain period: how long the open connections get to finish their
     /// requests before the process exits anyway.
-    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_go_or_seconds)]
     shutdown_timeout: Duration,
     /// Kubernetes mode: not ready once a watch has failed this long; 0s = never.
-    #[arg(long, env = "SLUICE_MAX_WATCH_OUTAGE", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_MAX_WATCH_OUTAGE", default_value = "5m", value_parser = parse_go_or_seconds)]
     max_watch_outage: Duration,
     /// A request's headers must be in this long after its first byte (after the accept
     /// for a connection's first request), else the connection is closed; 0s = off.
-    #[arg(long, env = "SLUICE_REQUEST_HEADERS_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_REQUEST_HEADERS_TIMEOUT", default_value = "10s", value_parser = parse_go_or_seconds)]
     request_headers_timeout: Duration,
     /// A connection with no request in flight this long is closed; 0s = off.
-    #[arg(long, env = "SLUICE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_go_or_seconds)]
     idle_timeout: Duration,
     /// A request's whole body must be in this long after its headers, else 408; 0s = off.
-    #[arg(long, env = "SLUICE_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SLUICE_REQUEST_BODY_TIMEOUT", default_value = "60s", value_parser = parse_go_or_seconds)]
     request_body_timeout: Duration,
     /// Open traffic-port connections; more are closed as soon as they are accepted.
     #[arg(long, env = "SLUICE_MAX_CONNECTIONS", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
@@ -126,10 +127,6 @@ struct Args {
     /// Streams open at once on one HTTP/2 connection.
     #[arg(long, env = "SLUICE_MAX_CONCURRENT_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     max_concurrent_streams: u32,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    sluice::api::istio::parse_duration(text)
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {

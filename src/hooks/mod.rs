@@ -16,11 +16,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{CanaryWebhook, WebhookType};
+use crate::duration::{self, DurationError};
 
 /// Timeout when a hook sets none (Flagger's default).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,12 +48,20 @@ pub struct Payload {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("webhook {name} ({url}): invalid timeout {value:?}: {reason}")]
-    InvalidTimeout {
+    #[error(
+        "webhook {name} ({url}): invalid timeout {value:?}: write a whole number and a unit \
+         ms, s, m or h, e.g. 30s"
+    )]
+    TimeoutForm {
         name: String,
         url: String,
         value: String,
-        reason: &'static str,
+    },
+    #[error("webhook {name} ({url}): invalid timeout: {source}")]
+    InvalidTimeout {
+        name: String,
+        url: String,
+        source: DurationError,
     },
     #[error("webhook {name} ({url}) returned HTTP {status}{attempts}: {body}")]
     Status {
@@ -109,39 +120,31 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-/// Parses `^[0-9]+(ms|s|m|h)$` (the CRD's pattern). Zero is rejected: it would fail
-/// every call before it starts.
-fn parse_timeout(value: &str) -> Result<Duration, &'static str> {
-    let digits = value.bytes().take_while(u8::is_ascii_digit).count();
-    if digits == 0 {
-        return Err("expected a number followed by ms, s, m or h, e.g. 30s");
-    }
-    let number: u64 = value[..digits].parse().map_err(|_| "number too large")?;
-    let unit_ms: u64 = match &value[digits..] {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err("expected a unit: ms, s, m or h"),
-    };
-    let ms = number.checked_mul(unit_ms).ok_or("too long")?;
-    if ms == 0 {
-        return Err("must be longer than zero");
-    }
-    Ok(Duration::from_millis(ms))
-}
+/// The CRD's pattern for `timeout`, checked here too so that a spec the API server did
+/// not validate gets the same answer.
+static TIMEOUT_FORM: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[0-9]+(ms|s|m|h)$").expect("valid regex"));
 
-/// The hook's timeout, or the default when unset or empty.
+/// The hook's timeout, or the default when unset or empty. Zero is rejected: it would
+/// fail every call before it starts.
 pub fn timeout(hook: &CanaryWebhook) -> Result<Duration, Error> {
-    match hook.timeout.as_deref().map(str::trim) {
-        None | Some("") => Ok(DEFAULT_TIMEOUT),
-        Some(value) => parse_timeout(value).map_err(|reason| Error::InvalidTimeout {
+    let value = match hook.timeout.as_deref().map(str::trim) {
+        None | Some("") => return Ok(DEFAULT_TIMEOUT),
+        Some(value) => value,
+    };
+    if !TIMEOUT_FORM.is_match(value) {
+        return Err(Error::TimeoutForm {
             name: hook.name.clone(),
             url: hook.url.clone(),
             value: value.to_string(),
-            reason,
-        }),
+        });
     }
+    // Flagger reads it with Go's time.ParseDuration.
+    duration::positive(value, duration::parse_go).map_err(|source| Error::InvalidTimeout {
+        name: hook.name.clone(),
+        url: hook.url.clone(),
+        source,
+    })
 }
 
 /// The payload of an `event` hook: Flagger's `eventMessage`, `eventType` (`Normal` or

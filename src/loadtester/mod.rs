@@ -6,7 +6,6 @@
 //! it) or the built-in load generator (`type: load`); `/gate/*` and `/rollback/*` are
 //! in-memory gates keyed by `namespace/name`. See `docs/loadtester.md`.
 
-mod duration;
 mod gates;
 mod load;
 mod payload;
@@ -15,7 +14,8 @@ mod tasks;
 
 use std::net::SocketAddr;
 
-pub use duration::parse_go_duration;
+use crate::duration::DurationError;
+
 pub use gates::{GateAction, GateState, Gates};
 pub use load::{LoadCounters, LoadSpec, Pacer};
 pub use payload::{CommandSpec, Payload, Task};
@@ -34,6 +34,11 @@ pub enum Error {
     MissingMetadata {
         key: &'static str,
         kind: &'static str,
+    },
+    #[error("invalid metadata.{key}: {source}")]
+    InvalidDuration {
+        key: &'static str,
+        source: DurationError,
     },
     #[error("invalid metadata.{key} {value:?}: {reason}")]
     InvalidMetadata {
@@ -67,6 +72,7 @@ impl Error {
             Error::BadJson(_)
             | Error::MissingField(_)
             | Error::MissingMetadata { .. }
+            | Error::InvalidDuration { .. }
             | Error::InvalidMetadata { .. }
             | Error::UnsupportedType(_) => StatusCode::BAD_REQUEST,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,

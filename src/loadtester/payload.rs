@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_go_duration, Error, LoadSpec};
+use super::{Error, LoadSpec};
+use crate::duration;
 
 /// Background commands run at most this long unless `metadata.timeout` says otherwise
 /// (flagger-loadtester's `-timeout` default).
@@ -135,7 +136,8 @@ fn command(
     })
 }
 
-/// `metadata[key]` as a Go duration, or `default` when absent.
+/// `metadata[key]` as a Go duration, or `default` when absent. Zero is rejected: a
+/// timeout of nothing would kill every command at once.
 pub(super) fn duration_field(
     metadata: &BTreeMap<String, String>,
     key: &'static str,
@@ -143,11 +145,8 @@ pub(super) fn duration_field(
 ) -> Result<Duration, Error> {
     match metadata.get(key) {
         None => Ok(default),
-        Some(value) => parse_go_duration(value).map_err(|reason| Error::InvalidMetadata {
-            key,
-            value: value.clone(),
-            reason,
-        }),
+        Some(value) => duration::positive(value, duration::parse_go)
+            .map_err(|source| Error::InvalidDuration { key, source }),
     }
 }
 

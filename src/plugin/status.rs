@@ -25,8 +25,6 @@ use crate::api::{Canary, Phase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("invalid duration {0:?}: use e.g. 90s, 10m, 1h30m")]
-    InvalidDuration(String),
     #[error("canary {name} was deleted while waiting")]
     Deleted { name: String },
     #[error(transparent)]
@@ -129,42 +127,6 @@ pub fn progress_line(canary: &Canary, outcome: &Outcome) -> String {
         }
     }
     line
-}
-
-/// `90`, `90s`, `10m`, `1h30m`, `1h2m3s`.
-pub fn parse_duration(text: &str) -> Result<Duration, StatusError> {
-    let bad = || StatusError::InvalidDuration(text.to_string());
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for ch in t.chars() {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        digits.clear();
-        let unit = match ch {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(bad()),
-        };
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    if !digits.is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
 }
 
 /// Waits up to `timeout` for the run to end, calling `log` with a line for each change.
@@ -428,35 +390,5 @@ status: {status}
             progress_line(&c, &o),
             "Progressing  weight 30  failed checks 1/2  [paused]  (revision r3 not picked up yet (last applied: r2))"
         );
-    }
-
-    #[test]
-    fn durations() {
-        let ok = [
-            ("90", 90),
-            ("90s", 90),
-            ("10m", 600),
-            ("1h30m", 5400),
-            ("1h2m3s", 3723),
-            (" 5s ", 5),
-        ];
-        for (text, secs) in ok {
-            assert_eq!(
-                parse_duration(text).ok(),
-                Some(Duration::from_secs(secs)),
-                "{text}"
-            );
-        }
-        for text in [
-            "",
-            "m",
-            "10x",
-            "1.5m",
-            "10m5",
-            "-3s",
-            "99999999999999999999h",
-        ] {
-            assert!(parse_duration(text).is_err(), "{text} accepted");
-        }
     }
 }

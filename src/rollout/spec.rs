@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use crate::analysis::parse_duration;
 pub use crate::analysis::BuiltinMetric;
 use std::collections::BTreeSet;
 
@@ -10,6 +9,7 @@ use crate::api::{
     CanaryMetric, CanarySpec, NoDataPolicy, ThresholdRange, WebhookType, DEFAULT_INTERVAL,
     DEFAULT_PROGRESS_DEADLINE_SECONDS,
 };
+use crate::duration::{self, parse_prometheus};
 
 /// A spec the controller cannot act on: the field at fault and what to write instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,13 +134,9 @@ impl ReleaseSpec {
             ));
         }
         let analysis = &spec.analysis;
-        let interval = parse_duration(analysis.interval.as_deref().unwrap_or(DEFAULT_INTERVAL))
-            .map_err(|_| {
-                SpecError::new(
-                    "spec.analysis.interval",
-                    "write a positive duration in seconds or minutes, e.g. 30s or 1m",
-                )
-            })?;
+        let interval = analysis.interval.as_deref().unwrap_or(DEFAULT_INTERVAL);
+        let interval = duration::positive(interval, parse_prometheus)
+            .map_err(|e| SpecError::new("spec.analysis.interval", e.to_string()))?;
         let strategy = strategy_from(spec)?;
         let deadline = spec
             .progress_deadline_seconds
@@ -283,12 +279,8 @@ fn metric_check(index: usize, metric: &CanaryMetric) -> Result<MetricCheck, Spec
     let field = format!("spec.analysis.metrics[{index}]");
     let interval = match metric.interval.as_deref() {
         None => Duration::from_secs(60),
-        Some(text) => parse_duration(text).map_err(|_| {
-            SpecError::new(
-                format!("{field}.interval"),
-                "write a duration such as 30s or 1m",
-            )
-        })?,
+        Some(text) => duration::positive(text, parse_prometheus)
+            .map_err(|e| SpecError::new(format!("{field}.interval"), e.to_string()))?,
     };
     let source = if let Some(template) = &metric.template_ref {
         MetricSource::Template {

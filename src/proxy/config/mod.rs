@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::istio;
 use crate::proxy::balance::{self, Cluster, Endpoint};
 use crate::proxy::resilience::{self, RetryPolicy};
 use crate::proxy::routes::{self, ClusterKey, RouteTable, SourceIdentity};
@@ -95,9 +94,10 @@ fn invalid(object: &str, field: &str, reason: &str) -> Error {
     }
 }
 
-/// An Istio duration, or an error naming the field.
+/// An Istio duration as Go writes it (`250ms`, `1.5s`) or bare seconds, or an error
+/// naming the field.
 fn duration_field(object: &str, field: &str, text: &str) -> Result<Duration, Error> {
-    istio::parse_duration(text).map_err(|reason| invalid(object, field, &reason))
+    crate::duration::parse_go_or_seconds(text).map_err(|e| invalid(object, field, &e.to_string()))
 }
 
 // === Settings of this proxy ===
