@@ -5,6 +5,7 @@
 
 mod decide;
 mod outcome;
+mod revert;
 mod spec;
 #[cfg(test)]
 mod tests;
@@ -14,4 +15,5 @@ pub use decide::{
     Plan, PrimaryAction, Routes, Weights, WorkloadState,
 };
 pub use outcome::{blocked, idle, run_ended, RunEnd, BLOCKED_REQUEUE};
+pub use revert::{has_finalizer, revert_step, wanted_finalizers, RevertStep, FINALIZER};
 pub use spec::{BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps, Strategy};
