@@ -154,3 +154,262 @@ pub(super) async fn write_status(
     ctx.remember_written(canary, written);
     Ok(())
 }
+
+/// The executor's requests, against a mock API server that records them: what is
+/// written, where, with which field manager, and what is skipped.
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use http::{Request, Response};
+    use http_body_util::BodyExt;
+    use kube::client::Body;
+    use kube::runtime::{reflector, watcher};
+    use kube::Client;
+
+    use super::*;
+    use crate::controller::analysis::Analysis;
+    use crate::controller::context::{Config, State, Stores};
+    use crate::controller::events::EventPublisher;
+    use crate::rollout::{Routes, Weights};
+    use crate::router::{Kind, Routers, Watched};
+
+    /// One request the executor made.
+    #[derive(Debug)]
+    struct Seen {
+        method: String,
+        path: String,
+        query: String,
+        content_type: String,
+        body: serde_json::Value,
+    }
+
+    /// A client whose API server records every request and answers 200 with `answer`
+    /// (or, when `answer` is None, with the request's own body: what apply would return).
+    fn mock_client(answer: Option<serde_json::Value>) -> (Client, Arc<Mutex<Vec<Seen>>>) {
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let log = seen.clone();
+        let service = tower::service_fn(move |req: Request<Body>| {
+            let log = log.clone();
+            let answer = answer.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = body
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let reply = serde_json::to_vec(answer.as_ref().unwrap_or(&body)).unwrap();
+                log.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    query: parts.uri.query().unwrap_or_default().to_string(),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string(),
+                    body,
+                });
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from(reply)))
+            }
+        });
+        (Client::new(service, "default"), seen)
+    }
+
+    /// Server-side apply, forced, as the one field manager.
+    fn assert_one_field_manager(query: &str) {
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort();
+        assert_eq!(params, ["fieldManager=sluice", "force=true"], "{query}");
+    }
+
+    fn context(client: Client, routed: Vec<DynamicObject>) -> Context {
+        let routers = Routers::new("sluice-proxy:test".into(), 2);
+        let stores = routers
+            .watched()
+            .into_iter()
+            .map(|watched: Watched| {
+                let mut writer = reflector::store::Writer::new(watched.kind.api_resource());
+                for o in routed.iter().filter(|o| watched.kind.is_kind_of(o)) {
+                    writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+                }
+                (watched, writer.as_reader())
+            })
+            .collect();
+        let state = State::new();
+        Context {
+            client: client.clone(),
+            stores: Stores {
+                deployments: reflector::store().0,
+                services: reflector::store().0,
+                autoscalers: reflector::store().0,
+                config_maps: reflector::store().0,
+                secrets: reflector::store().0,
+                routed: stores,
+            },
+            events: EventPublisher::new(client.clone(), "test".into()),
+            metrics: state.metrics.clone(),
+            diagnostics: state.diagnostics.clone(),
+            config: Config {
+                default_provider: crate::api::RouterKind::Istio,
+                metrics_server: None,
+                proxy_image: "sluice-proxy:test".into(),
+                router_replicas: 2,
+            },
+            analysis: Analysis::new(client, None).unwrap(),
+            routers,
+            http: reqwest::Client::new(),
+            written: Default::default(),
+        }
+    }
+
+    fn canary() -> Canary {
+        serde_yaml::from_str(
+            "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {name: web, namespace: shop, uid: u1}\nspec: {targetRef: {kind: Deployment, name: web}, service: {port: 80}, analysis: {stepWeight: 10}}\n",
+        )
+        .unwrap()
+    }
+
+    fn routes(canary_weight: i32) -> Routes {
+        Routes {
+            weights: Weights::canary(canary_weight),
+            mirror: None,
+            session: None,
+        }
+    }
+
+    /// The live copy the API server would hold after applying `desired`, then `edit`.
+    fn live(desired: &DynamicObject, edit: impl Fn(&mut serde_json::Value)) -> DynamicObject {
+        let mut o = desired.clone();
+        o.metadata.namespace = Some("shop".into());
+        let hash = content_hash(&o).unwrap();
+        o.annotations_mut().insert(APPLIED_HASH.into(), hash);
+        let mut value = serde_json::to_value(&o).unwrap();
+        edit(&mut value);
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_route_is_written_only_when_missing_changed_or_edited_by_hand() {
+        let c = canary();
+        let routers = Routers::new("sluice-proxy:test".into(), 2);
+        let istio = routers.for_kind(crate::api::RouterKind::Istio);
+        let vs = |w| istio.route_objects(&c, routes(w)).unwrap().remove(0);
+        let vs_path = "/apis/networking.istio.io/v1beta1/namespaces/shop/virtualservices/web";
+        // (cached copy, desired, written)
+        let cases: Vec<(&str, Option<DynamicObject>, DynamicObject, bool)> = vec![
+            ("nothing cached", None, vs(10), true),
+            ("applied as is", Some(live(&vs(10), |_| {})), vs(10), false),
+            ("new weights", Some(live(&vs(10), |_| {})), vs(20), true),
+            (
+                "weight edited by hand",
+                Some(live(&vs(10), |v| {
+                    v["spec"]["http"][0]["route"][1]["weight"] = 50.into()
+                })),
+                vs(10),
+                true,
+            ),
+            (
+                "a field another manager added",
+                Some(live(&vs(10), |v| {
+                    v["spec"]["gateways"] = serde_json::json!(["mesh"])
+                })),
+                vs(10),
+                false,
+            ),
+        ];
+        for (name, cached, desired, want_write) in cases {
+            let (client, seen) = mock_client(None);
+            let ctx = context(client, cached.into_iter().collect());
+            let wrote = apply_dynamic(&ctx, istio, "shop", desired).await.unwrap();
+            let seen = seen.lock().unwrap();
+            assert_eq!(wrote, want_write, "{name}");
+            assert_eq!(seen.len(), usize::from(want_write), "{name}: {seen:?}");
+            if let Some(req) = seen.first() {
+                assert_eq!(req.method, "PATCH", "{name}");
+                assert_eq!(req.path, vs_path, "{name}");
+                assert_one_field_manager(&req.query);
+                assert_eq!(req.content_type, "application/apply-patch+yaml", "{name}");
+                assert!(
+                    req.body["metadata"]["annotations"][APPLIED_HASH].is_string(),
+                    "{name}: the applied hash is written with the object"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_routers_deployment_is_compared_by_hash_only() {
+        // The API server fills a Deployment's spec with defaults: a live copy that differs
+        // from the rendered one only there is not written again; one deleted is.
+        let c = canary();
+        let routers = Routers::new("sluice-proxy:test".into(), 2);
+        let sluice = routers.for_kind(crate::api::RouterKind::Sluice);
+        let deployment = sluice
+            .static_objects(&c)
+            .unwrap()
+            .into_iter()
+            .find(|o| Kind::DEPLOYMENT.is_kind_of(o))
+            .unwrap();
+        let defaulted = live(&deployment, |v| {
+            v["spec"]["revisionHistoryLimit"] = 10.into();
+            v["spec"]["progressDeadlineSeconds"] = 600.into();
+        });
+        for (name, cached, want_write) in [
+            ("defaulted", Some(defaulted), false),
+            ("deleted", None, true),
+        ] {
+            let (client, seen) = mock_client(None);
+            let ctx = context(client, cached.into_iter().collect());
+            let wrote = apply_dynamic(&ctx, sluice, "shop", deployment.clone())
+                .await
+                .unwrap();
+            assert_eq!(wrote, want_write, "{name}");
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), usize::from(want_write), "{name}: {seen:?}");
+            if let Some(req) = seen.first() {
+                assert_eq!(
+                    req.path,
+                    "/apis/apps/v1/namespaces/shop/deployments/sluice-router"
+                );
+                assert_one_field_manager(&req.query);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_status_is_applied_whole_and_only_when_it_changed() {
+        let mut c = canary();
+        c.status = Some(CanaryStatus {
+            canary_weight: 5,
+            ..Default::default()
+        });
+        let unchanged = c.status.clone().unwrap();
+        let mut changed = unchanged.clone();
+        changed.canary_weight = 10;
+        for (name, status, want_write) in
+            [("unchanged", unchanged, false), ("changed", changed, true)]
+        {
+            let (client, seen) = mock_client(Some(serde_json::to_value(&c).unwrap()));
+            let ctx = context(client, vec![]);
+            write_status(&c, &status, &ctx).await.unwrap();
+            let seen = seen.lock().unwrap();
+            assert_eq!(seen.len(), usize::from(want_write), "{name}: {seen:?}");
+            if let Some(req) = seen.first() {
+                assert_eq!(req.method, "PATCH");
+                assert_eq!(
+                    req.path,
+                    "/apis/sluice.dev/v1beta1/namespaces/shop/canaries/web/status"
+                );
+                assert_one_field_manager(&req.query);
+                assert_eq!(req.content_type, "application/apply-patch+yaml");
+                assert_eq!(req.body["kind"], "Canary");
+                assert_eq!(req.body["status"]["canaryWeight"], 10);
+            }
+        }
+    }
+}
