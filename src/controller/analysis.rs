@@ -18,6 +18,38 @@ use crate::api::{Canary, MetricTemplate};
 use crate::rollout::{MetricCheck, MetricError, MetricOutcome, MetricSource, ReleaseSpec};
 use crate::router::{MetricsPods, TrafficRouter};
 
+/// Where the built-in metrics of a Canary are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuiltinSource {
+    /// The Canary's `metricsServer`, or the controller's.
+    Prometheus(String),
+    /// The router's own pods, scraped by the controller.
+    Scrape(MetricsPods),
+}
+
+/// A Prometheus when one is set; otherwise the router's pods when it has pods that
+/// serve the series; otherwise an error that says what to set.
+pub fn builtin_source(
+    metrics_server: Option<String>,
+    router: &dyn TrafficRouter,
+) -> Result<BuiltinSource, analysis::Error> {
+    match (metrics_server, router.metrics_pods()) {
+        (Some(address), _) => Ok(BuiltinSource::Prometheus(address)),
+        (None, Some(pods)) => Ok(BuiltinSource::Scrape(pods)),
+        (None, None) => Err(analysis::Error::BadConfig {
+            reason: format!(
+                "built-in metrics of provider {} need a Prometheus: set spec.metricsServer or the controller's --metrics-server",
+                router.kind().as_str()
+            ),
+        }),
+    }
+}
+
+/// The Prometheus for a Canary's metrics: its own, else the controller's; empty is none.
+fn metrics_server_of(spec: Option<&str>, default: Option<&str>) -> Option<String> {
+    spec.or(default).filter(|s| !s.is_empty()).map(String::from)
+}
+
 pub struct Analysis {
     client: Client,
     default_metrics_server: Option<String>,
@@ -41,23 +73,19 @@ impl Analysis {
 
     /// Prometheus address for built-in metrics, if any.
     fn metrics_server(&self, canary: &Canary) -> Option<String> {
-        canary
-            .spec
-            .metrics_server
-            .clone()
-            .or_else(|| self.default_metrics_server.clone())
-            .filter(|s| !s.is_empty())
+        metrics_server_of(
+            canary.spec.metrics_server.as_deref(),
+            self.default_metrics_server.as_deref(),
+        )
     }
 
     /// Records a sample of the router metrics when the built-in scrape serves this
     /// Canary, so that the next check has a window to measure over.
     pub async fn sample(&self, canary: &Canary, router: &dyn TrafficRouter) {
-        let Some(pods) = router.metrics_pods() else {
+        let Ok(BuiltinSource::Scrape(pods)) = builtin_source(self.metrics_server(canary), router)
+        else {
             return;
         };
-        if self.metrics_server(canary).is_some() {
-            return;
-        }
         match self.metrics_urls(canary, pods).await {
             Ok(urls) => {
                 let report = self.scrape.sample(&urls).await;
@@ -110,21 +138,15 @@ impl Analysis {
                     workload: canary.spec.target_ref.name.clone(),
                     interval: check.interval,
                 };
-                match self.metrics_server(canary) {
-                    Some(address) => {
+                match builtin_source(self.metrics_server(canary), router)? {
+                    BuiltinSource::Prometheus(address) => {
                         self.prometheus_for(&address)?
                             .query(&MetricQuery::Builtin(query))
                             .await
                     }
-                    None if router.metrics_pods().is_some() => {
+                    BuiltinSource::Scrape(_) => {
                         self.scrape.query(&MetricQuery::Builtin(query)).await
                     }
-                    None => Err(analysis::Error::BadConfig {
-                        reason: format!(
-                            "built-in metrics of provider {} need a Prometheus: set spec.metricsServer or the controller's --metrics-server",
-                            router.kind().as_str()
-                        ),
-                    }),
                 }
             }
             MetricSource::Query(query) => {
@@ -258,5 +280,72 @@ impl Analysis {
                 Some(format!("http://{ip}:{port}/metrics"))
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::RouterKind;
+    use crate::router::Routers;
+
+    #[test]
+    fn built_in_metrics_come_from_prometheus_else_from_a_scrapeable_router() {
+        let routers = Routers::new("img".into(), 1);
+        let sluice_pods = routers.for_kind(RouterKind::Sluice).metrics_pods().unwrap();
+        let prom = |a: &str| Some(BuiltinSource::Prometheus(a.into()));
+        // (router, spec.metricsServer, --metrics-server, source; None is an error)
+        let cases = [
+            (
+                RouterKind::Istio,
+                Some("http://p:9090"),
+                None,
+                prom("http://p:9090"),
+            ),
+            (
+                RouterKind::Istio,
+                None,
+                Some("http://c:9090"),
+                prom("http://c:9090"),
+            ),
+            (
+                RouterKind::Istio,
+                Some("http://p:9090"),
+                Some("http://c:9090"),
+                prom("http://p:9090"),
+            ),
+            (RouterKind::Istio, None, None, None),
+            // An empty address is no Prometheus.
+            (RouterKind::Istio, Some(""), None, None),
+            (
+                RouterKind::Sluice,
+                Some("http://p:9090"),
+                None,
+                prom("http://p:9090"),
+            ),
+            (
+                RouterKind::Sluice,
+                None,
+                None,
+                Some(BuiltinSource::Scrape(sluice_pods)),
+            ),
+            (
+                RouterKind::Sluice,
+                Some(""),
+                None,
+                Some(BuiltinSource::Scrape(sluice_pods)),
+            ),
+        ];
+        for (kind, spec, default, want) in cases {
+            let router = routers.for_kind(kind);
+            let got = builtin_source(metrics_server_of(spec, default), router);
+            match want {
+                Some(want) => assert_eq!(got.unwrap(), want, "{kind:?} {spec:?} {default:?}"),
+                None => {
+                    let err = got.unwrap_err().to_string();
+                    assert!(err.contains("provider istio need a Prometheus"), "{err}");
+                }
+            }
+        }
     }
 }

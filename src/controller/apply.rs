@@ -45,6 +45,15 @@ impl Error {
         }
     }
 
+    /// How soon a reconcile that failed with this error runs again: soon after a
+    /// conflict (another writer raced us, the next read is fresh), later otherwise.
+    pub fn retry_after(&self) -> std::time::Duration {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => std::time::Duration::from_secs(1),
+            _ => std::time::Duration::from_secs(10),
+        }
+    }
+
     /// Spec problems the user must fix: reported on the Canary, retried slowly.
     pub(super) fn is_user_error(&self) -> bool {
         matches!(self, Error::Workload(_))
@@ -291,6 +300,31 @@ mod tests {
         let mut value = serde_json::to_value(&o).unwrap();
         edit(&mut value);
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_conflict_is_retried_soon_other_errors_later() {
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(
+                kube::core::Status::failure("x", "y")
+                    .with_code(code)
+                    .boxed(),
+            ))
+        };
+        let cases = [
+            (api(409), 1, "conflict"),
+            (api(500), 10, "kube"),
+            (api(404), 10, "kube"),
+            (Error::NoNamespace, 10, "no_namespace"),
+        ];
+        for (err, secs, label) in cases {
+            assert_eq!(
+                err.retry_after(),
+                std::time::Duration::from_secs(secs),
+                "{err}"
+            );
+            assert_eq!(err.label(), label, "{err}");
+        }
     }
 
     #[tokio::test]

@@ -117,12 +117,7 @@ pub fn error_policy(canary: Arc<Canary>, err: &Error, ctx: Arc<Context>) -> Acti
         })
         .inc();
     tracing::warn!(canary = %canary.name_any(), error = %err, "reconcile failed");
-    match err {
-        Error::Kube(kube::Error::Api(s)) if s.code == 409 => {
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => Action::requeue(Duration::from_secs(10)),
-    }
+    Action::requeue(err.retry_after())
 }
 
 async fn execute(
