@@ -30,6 +30,12 @@ pub enum Error {
     Serialize(&'static str, serde_json::Error),
     #[error("Canary has no namespace")]
     NoNamespace,
+    /// The router writes kinds whose CRDs are not installed.
+    #[error("provider {provider} writes {kinds}, which this cluster does not serve: install the CRDs (for Istio's kinds, Istio or the chart's istio-crds); the controller starts watching them within a minute")]
+    NotServed {
+        provider: &'static str,
+        kinds: String,
+    },
 }
 
 impl Error {
@@ -42,6 +48,7 @@ impl Error {
             Error::Router(_) => "router",
             Error::Serialize(..) => "serialize",
             Error::NoNamespace => "no_namespace",
+            Error::NotServed { .. } => "not_served",
         }
     }
 
@@ -56,7 +63,7 @@ impl Error {
 
     /// Spec problems the user must fix: reported on the Canary, retried slowly.
     pub(super) fn is_user_error(&self) -> bool {
-        matches!(self, Error::Workload(_))
+        matches!(self, Error::Workload(_) | Error::NotServed { .. })
     }
 }
 
@@ -168,11 +175,7 @@ pub(super) async fn write_status(
 /// written, where, with which field manager, and what is skipped.
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
 
-    use http::{Request, Response};
-    use http_body_util::BodyExt;
-    use kube::client::Body;
     use kube::runtime::{reflector, watcher};
     use kube::Client;
 
@@ -180,54 +183,9 @@ mod tests {
     use crate::controller::analysis::Analysis;
     use crate::controller::context::{Config, State, Stores};
     use crate::controller::events::EventPublisher;
+    use crate::controller::mock_api::mock_client;
     use crate::rollout::{Routes, Weights};
     use crate::router::{Kind, Routers, Watched};
-
-    /// One request the executor made.
-    #[derive(Debug)]
-    struct Seen {
-        method: String,
-        path: String,
-        query: String,
-        content_type: String,
-        body: serde_json::Value,
-    }
-
-    /// A client whose API server records every request and answers 200 with `answer`
-    /// (or, when `answer` is None, with the request's own body: what apply would return).
-    fn mock_client(answer: Option<serde_json::Value>) -> (Client, Arc<Mutex<Vec<Seen>>>) {
-        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-        let log = seen.clone();
-        let service = tower::service_fn(move |req: Request<Body>| {
-            let log = log.clone();
-            let answer = answer.clone();
-            async move {
-                let (parts, body) = req.into_parts();
-                let bytes = body
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                let body: serde_json::Value =
-                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-                let reply = serde_json::to_vec(answer.as_ref().unwrap_or(&body)).unwrap();
-                log.lock().unwrap().push(Seen {
-                    method: parts.method.to_string(),
-                    path: parts.uri.path().to_string(),
-                    query: parts.uri.query().unwrap_or_default().to_string(),
-                    content_type: parts
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string(),
-                    body,
-                });
-                Ok::<_, std::convert::Infallible>(Response::new(Body::from(reply)))
-            }
-        });
-        (Client::new(service, "default"), seen)
-    }
 
     /// Server-side apply, forced, as the one field manager.
     fn assert_one_field_manager(query: &str) {
@@ -238,6 +196,7 @@ mod tests {
 
     fn context(client: Client, routed: Vec<DynamicObject>) -> Context {
         let routers = Routers::new("sluice-proxy:test".into(), 2);
+        let served: Vec<Kind> = routers.watched().iter().map(|w| w.kind).collect();
         let stores = routers
             .watched()
             .into_iter()
@@ -259,6 +218,7 @@ mod tests {
                 config_maps: reflector::store().0,
                 secrets: reflector::store().0,
                 routed: stores,
+                served: served.into_iter().collect(),
             },
             events: EventPublisher::new(client.clone(), "test".into()),
             metrics: state.metrics.clone(),
@@ -357,7 +317,7 @@ mod tests {
             ),
         ];
         for (name, cached, desired, want_write) in cases {
-            let (client, seen) = mock_client(None);
+            let (client, seen) = mock_client(|req| (200, req.body.clone()));
             let ctx = context(client, cached.into_iter().collect());
             let wrote = apply_dynamic(&ctx, istio, "shop", desired).await.unwrap();
             let seen = seen.lock().unwrap();
@@ -397,7 +357,7 @@ mod tests {
             ("defaulted", Some(defaulted), false),
             ("deleted", None, true),
         ] {
-            let (client, seen) = mock_client(None);
+            let (client, seen) = mock_client(|req| (200, req.body.clone()));
             let ctx = context(client, cached.into_iter().collect());
             let wrote = apply_dynamic(&ctx, sluice, "shop", deployment.clone())
                 .await
@@ -428,7 +388,8 @@ mod tests {
         for (name, status, want_write) in
             [("unchanged", unchanged, false), ("changed", changed, true)]
         {
-            let (client, seen) = mock_client(Some(serde_json::to_value(&c).unwrap()));
+            let answer = serde_json::to_value(&c).unwrap();
+            let (client, seen) = mock_client(move |_| (200, answer.clone()));
             let ctx = context(client, vec![]);
             write_status(&c, &status, &ctx).await.unwrap();
             let seen = seen.lock().unwrap();

@@ -36,8 +36,11 @@ pub struct Stores {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub config_maps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
-    /// The objects the routers wrote, one cache per watched kind and selector.
+    /// The objects the routers wrote, one cache per watched kind and selector (of the
+    /// kinds the API server serves).
     pub routed: Vec<(Watched, Store<DynamicObject>)>,
+    /// The routers' kinds the API server served when the watches started.
+    pub served: std::collections::BTreeSet<crate::router::Kind>,
 }
 
 impl Stores {

@@ -6,6 +6,8 @@ pub mod events;
 pub mod gates;
 pub mod leader;
 pub mod metrics;
+#[cfg(test)]
+mod mock_api;
 pub mod observe;
 pub mod reconcile;
 pub mod revert;

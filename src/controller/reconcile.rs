@@ -130,6 +130,17 @@ async fn execute(
     let mut applied = Applied::Complete;
     if let (true, Some(target)) = (plan.ensure_objects, observation.target.as_deref()) {
         let router = ctx.router(canary);
+        let missing = crate::router::missing_kinds(router, &ctx.stores.served);
+        if !missing.is_empty() {
+            let kinds: Vec<String> = missing
+                .iter()
+                .map(|k| format!("{} ({})", k.kind, k.api_version()))
+                .collect();
+            return Err(Error::NotServed {
+                provider: router.kind().as_str(),
+                kinds: kinds.join(", "),
+            });
+        }
         let app = AppLabel::of(target)?;
         applied = ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
     }

@@ -26,7 +26,7 @@ use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
 use super::reconcile::{error_policy, reconcile};
 use crate::api::{Canary, RouterKind};
-use crate::router::{SharedObjects, Watched};
+use crate::router::{Kind, SharedObjects, Watched};
 use crate::workloads::configs;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +179,40 @@ async fn lead(
     }
 }
 
+/// Runs the controller until `stop`; starts it again, with new watches, when a kind a
+/// router writes that the API server did not serve (its CRD was missing) is served.
 async fn run_controller(
     client: Client,
     options: &Options,
     state: &State,
     stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
+    loop {
+        match run_watches(client.clone(), options, state, stop.clone()).await? {
+            Stopped::Done => return Ok(()),
+            Stopped::KindsServed => {
+                tracing::info!("a router's kinds are served now: starting the watches again")
+            }
+        }
+    }
+}
+
+/// Why [`run_watches`] returned.
+enum Stopped {
+    Done,
+    KindsServed,
+}
+
+/// How often kinds that were not served are looked up again.
+const DISCOVERY_RETRY: Duration = Duration::from_secs(60);
+
+async fn run_watches(
+    client: Client,
+    options: &Options,
+    state: &State,
+    stop: watch::Receiver<bool>,
+) -> Result<Stopped, Error> {
+    state.diagnostics.write().await.caches_synced = false;
     let canaries = Api::<Canary>::all(client.clone());
     // Fail early with a clear message when the CRDs are missing.
     canaries
@@ -205,9 +233,24 @@ async fn run_controller(
         options.config.proxy_image.clone(),
         options.config.router_replicas,
     );
+    let kinds: Vec<Kind> = routers.watched().iter().map(|w| w.kind).collect();
+    let served = served_kinds(&client, &kinds).await;
+    for kind in kinds.iter().filter(|k| !served.contains(k)) {
+        tracing::warn!(
+            kind = kind.kind,
+            api_version = %kind.api_version(),
+            "not served by the API server (CRD not installed): Canaries whose router writes it are blocked until it is"
+        );
+    }
+    let missing: Vec<Kind> = kinds
+        .iter()
+        .filter(|k| !served.contains(k))
+        .copied()
+        .collect();
     let (routed, routed_streams): (Vec<_>, Vec<_>) = routers
         .watched()
         .into_iter()
+        .filter(|watched| served.contains(&watched.kind))
         .map(|watched| {
             let (store, stream) = cached_routed(&client, &wc, watched);
             ((watched, store), (watched, stream))
@@ -222,6 +265,7 @@ async fn run_controller(
             config_maps,
             secrets,
             routed,
+            served,
         },
         events: super::events::EventPublisher::new(client.clone(), options.identity.clone()),
         metrics: state.metrics.clone(),
@@ -343,12 +387,57 @@ async fn run_controller(
                 tracing::debug!(error = %err, "reconcile");
             }
         });
+    let newly_served = async {
+        if missing.is_empty() {
+            return std::future::pending().await;
+        }
+        loop {
+            tokio::time::sleep(DISCOVERY_RETRY).await;
+            if !served_kinds(&client, &missing).await.is_empty() {
+                return;
+            }
+        }
+    };
     tokio::select! {
-        _ = async { tokio::join!(run, synced) } => {}
-        _ = counting => {}
-        _ = janitor => {}
+        _ = async { tokio::join!(run, synced) } => Ok(Stopped::Done),
+        _ = counting => Ok(Stopped::Done),
+        _ = janitor => Ok(Stopped::Done),
+        _ = newly_served => Ok(Stopped::KindsServed),
     }
-    Ok(())
+}
+
+/// The kinds among `kinds` the API server serves. A group version it does not know
+/// (404) serves none; one that cannot be looked up now is taken as served, so that a
+/// passing discovery failure never blocks Canaries (the watch retries on its own).
+async fn served_kinds(client: &Client, kinds: &[Kind]) -> std::collections::BTreeSet<Kind> {
+    let mut served = std::collections::BTreeSet::new();
+    let mut by_version: std::collections::BTreeMap<String, Vec<Kind>> = Default::default();
+    for kind in kinds {
+        by_version
+            .entry(kind.api_version())
+            .or_default()
+            .push(*kind);
+    }
+    for (api_version, kinds) in by_version {
+        let listed = if api_version.contains('/') {
+            client.list_api_group_resources(&api_version).await
+        } else {
+            client.list_core_api_resources(&api_version).await
+        };
+        match listed {
+            Ok(list) => served.extend(
+                kinds
+                    .into_iter()
+                    .filter(|k| list.resources.iter().any(|r| r.name == k.plural)),
+            ),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => {
+                tracing::warn!(%api_version, error = %err, "API discovery failed; watching its kinds anyway");
+                served.extend(kinds);
+            }
+        }
+    }
+    served
 }
 
 /// How often namespaces are checked for a router that no Canary uses.
@@ -617,5 +706,55 @@ mod tests {
                 "default {default:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn kinds_are_served_when_discovery_lists_them_or_cannot_say() {
+        use crate::controller::mock_api::{mock_client, not_found};
+        let list = |group_version: &str, plurals: &[&str]| {
+            let resources: Vec<serde_json::Value> = plurals
+                .iter()
+                .map(|p| serde_json::json!({"name": p, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]}))
+                .collect();
+            (
+                200,
+                serde_json::json!({"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}),
+            )
+        };
+        let (client, seen) = mock_client(move |req| match req.path.as_str() {
+            // Istio is not installed.
+            "/apis/networking.istio.io/v1beta1" => not_found(),
+            "/apis/apps/v1" => list("apps/v1", &["deployments", "deployments/status"]),
+            "/api/v1" => list("v1", &["pods", "services"]),
+            "/apis/rbac.authorization.k8s.io/v1" => {
+                list("rbac.authorization.k8s.io/v1", &["roles", "rolebindings"])
+            }
+            // A passing failure: taken as served.
+            _ => (
+                500,
+                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "etcd timeout"}),
+            ),
+        });
+        let kinds = [
+            Kind::VIRTUAL_SERVICE,
+            Kind::DESTINATION_RULE,
+            Kind::DEPLOYMENT,
+            Kind::SERVICE_ACCOUNT,
+            Kind::ROLE,
+            Kind::ROLE_BINDING,
+            Kind::POD_DISRUPTION_BUDGET,
+        ];
+        let served = served_kinds(&client, &kinds).await;
+        let want: std::collections::BTreeSet<Kind> = [
+            Kind::DEPLOYMENT,
+            Kind::ROLE,
+            Kind::ROLE_BINDING,
+            Kind::POD_DISRUPTION_BUDGET,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(served, want);
+        // One lookup per group version.
+        assert_eq!(seen.lock().unwrap().len(), 5);
     }
 }

@@ -179,6 +179,23 @@ pub trait TrafficRouter: Send + Sync {
     }
 }
 
+/// The kinds `router` writes that are not among `served` (their CRDs are not installed):
+/// its Canaries cannot be routed until they are.
+pub fn missing_kinds(
+    router: &dyn TrafficRouter,
+    served: &std::collections::BTreeSet<Kind>,
+) -> Vec<Kind> {
+    let mut missing: Vec<Kind> = router
+        .watched()
+        .into_iter()
+        .map(|w| w.kind)
+        .filter(|k| !served.contains(k))
+        .collect();
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
 /// The routers a controller drives, one per provider.
 pub struct Routers {
     pub istio: istio::IstioRouter,
@@ -271,6 +288,45 @@ mod tests {
         let routers = Routers::new("img".into(), 1);
         for kind in RouterKind::ALL {
             assert_eq!(routers.for_kind(kind).kind(), kind);
+        }
+    }
+
+    #[test]
+    fn a_router_misses_the_kinds_the_cluster_does_not_serve() {
+        let routers = Routers::new("img".into(), 1);
+        let core = [
+            Kind::DEPLOYMENT,
+            Kind::SERVICE_ACCOUNT,
+            Kind::ROLE,
+            Kind::ROLE_BINDING,
+            Kind::POD_DISRUPTION_BUDGET,
+        ];
+        let istio = [Kind::VIRTUAL_SERVICE, Kind::DESTINATION_RULE];
+        let all: std::collections::BTreeSet<Kind> = core.into_iter().chain(istio).collect();
+        let without_istio: std::collections::BTreeSet<Kind> = core.into_iter().collect();
+        // (provider, served, missing)
+        let cases = [
+            (RouterKind::Istio, &all, vec![]),
+            (RouterKind::Sluice, &all, vec![]),
+            (
+                RouterKind::Istio,
+                &without_istio,
+                vec![Kind::DESTINATION_RULE, Kind::VIRTUAL_SERVICE],
+            ),
+            (
+                RouterKind::Sluice,
+                &without_istio,
+                vec![Kind::DESTINATION_RULE, Kind::VIRTUAL_SERVICE],
+            ),
+        ];
+        for (kind, served, want) in cases {
+            let mut want = want;
+            want.sort();
+            assert_eq!(
+                missing_kinds(routers.for_kind(kind), served),
+                want,
+                "{kind:?}"
+            );
         }
     }
 
