@@ -2,6 +2,12 @@
 
 use std::time::Instant;
 
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::api::{Canary, Phase};
+use crate::rollout::{self, Plan};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -172,6 +178,51 @@ impl Metrics {
         ReconcileTimer {
             start: Instant::now(),
             histogram: &self.reconcile_duration,
+        }
+    }
+
+    /// What a plan says about a Canary: its phase, weight and metric values, and the end
+    /// of a run with its duration.
+    pub fn record(&self, canary: &Canary, plan: &Plan) {
+        let name = canary.name_any();
+        let namespace = canary.namespace().unwrap_or_default();
+        let labels = CanaryLabels {
+            name: name.clone(),
+            namespace: namespace.clone(),
+        };
+        let phase = plan.status.phase.unwrap_or_default();
+        self.status.get_or_create(&labels).set(phase.status_code());
+        self.weight
+            .get_or_create(&WorkloadLabels {
+                workload: canary.spec.target_ref.name.clone(),
+                namespace: namespace.clone(),
+            })
+            .set(plan.status.canary_weight as i64);
+        for result in &plan.status.last_analysis {
+            if let Some(value) = result.value {
+                self.metric_analysis
+                    .get_or_create(&MetricLabels {
+                        name: name.clone(),
+                        namespace: namespace.clone(),
+                        metric: result.name.clone(),
+                    })
+                    .set(value);
+            }
+        }
+        if let Some(end) =
+            rollout::run_ended(canary.status.as_ref(), &plan.status, Timestamp::now())
+        {
+            let counter = if end.phase == Phase::Succeeded {
+                &self.successes
+            } else {
+                &self.failures
+            };
+            counter.get_or_create(&labels).inc();
+            if let Some(took) = end.took {
+                self.duration
+                    .get_or_create(&labels)
+                    .observe(took.as_secs_f64());
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 pub mod analysis;
 pub mod apply;
 pub mod context;
+mod ensure;
 pub mod events;
 pub mod gates;
 pub mod leader;

@@ -1,27 +1,24 @@
-//! One reconcile: observe, decide, execute. The plan's writes go through
+//! One reconcile: observe, decide (gathering what the decision asks for), execute. The
+//! objects a plan ensures are in [`super::ensure`]; every write goes through
 //! [`super::apply`]: server-side apply under one field manager, skipped when unchanged.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::apply::{apply, apply_dynamic, write_status, Error, FIELD_MANAGER};
+use super::apply::{write_status, Error, FIELD_MANAGER};
 use super::context::Context;
+use super::ensure::{self, Applied};
 use super::gates;
-use super::metrics::{CanaryLabels, MetricLabels, WorkloadLabels};
 use super::observe::{observe, Observation};
 use super::revert;
-use crate::api::{Canary, CanaryStatus, Phase};
-use crate::rollout::{self, EventType, Need, Plan, PrimaryAction, ReleaseSpec};
-use crate::router::TrafficRouter;
-use crate::workloads::configs;
+use crate::api::{Canary, CanaryStatus};
+use crate::rollout::{self, EventType, Need, Plan, ReleaseSpec};
 use crate::workloads::{self, AppLabel};
 
 /// How soon a reconcile that waits for a router to become available looks again.
@@ -59,17 +56,8 @@ pub async fn reconcile(canary: Arc<Canary>, ctx: Arc<Context>) -> Result<Action,
         }
         Err(err) => return Err(err),
     }
-    record_metrics(&canary, &plan, &ctx);
+    ctx.metrics.record(&canary, &plan);
     Ok(Action::requeue(requeue_after))
-}
-
-/// What `execute` got done.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Applied {
-    Complete,
-    /// Everything but the switch of the apex Service, whose new backend (the router) is
-    /// not available yet.
-    ApexWaiting,
 }
 
 /// Decides, gathering what the decision asks for (webhook answers, metric checks) and
@@ -142,7 +130,8 @@ async fn execute(
             });
         }
         let app = AppLabel::of(target)?;
-        applied = ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx).await?;
+        applied = ensure::ensure_objects(canary, &ns, target, &app, router, observation, plan, ctx)
+            .await?;
     }
     if let Some(replicas) = plan.target_replicas {
         let current = observation
@@ -194,199 +183,6 @@ async fn consume_actions(canary: &Canary, plan: &Plan, ctx: &Context) -> Result<
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn ensure_objects(
-    canary: &Canary,
-    ns: &str,
-    target: &Deployment,
-    app: &AppLabel,
-    router: &dyn TrafficRouter,
-    observation: &Observation,
-    plan: &Plan,
-    ctx: &Context,
-) -> Result<Applied, Error> {
-    let client = &ctx.client;
-    // Primary first: the Services and routes point at it.
-    let mut template = target
-        .spec
-        .as_ref()
-        .map(|s| s.template.clone())
-        .unwrap_or_default();
-    if plan.primary != PrimaryAction::Keep {
-        // The primary runs on copies, so the canary's configs can change under it.
-        copy_configs(canary, ns, &observation.tracked, ctx).await?;
-        configs::point_at_primary_copies(&mut template, &observation.tracked);
-    }
-    let primary = match plan.primary {
-        PrimaryAction::Keep => None,
-        PrimaryAction::Create { replicas } => Some(workloads::primary_deployment(
-            canary,
-            target,
-            &template,
-            &observation.observed.revision,
-            Some(replicas),
-        )?),
-        PrimaryAction::Promote => {
-            let replicas = observation
-                .primary
-                .as_ref()
-                .and_then(|p| p.spec.as_ref())
-                .and_then(|s| s.replicas);
-            let revision = plan
-                .status
-                .last_applied_spec
-                .clone()
-                .unwrap_or_else(|| observation.observed.revision.clone());
-            Some(workloads::primary_deployment(
-                canary, target, &template, &revision, replicas,
-            )?)
-        }
-    };
-    if let Some(primary) = primary {
-        apply(
-            ctx,
-            &ctx.stores.deployments,
-            Api::namespaced(client.clone(), ns),
-            primary,
-        )
-        .await?;
-    }
-    if let Some(hpa_ref) = &canary.spec.autoscaler_ref {
-        let key = ObjectRef::new(&hpa_ref.name).within(ns);
-        if let Some(source) = ctx.stores.autoscalers.get(&key) {
-            let copy = workloads::primary_autoscaler(canary, &source);
-            apply(
-                ctx,
-                &ctx.stores.autoscalers,
-                Api::namespaced(client.clone(), ns),
-                copy,
-            )
-            .await?;
-        }
-    }
-    // The router and its routes before the Services: the apex must not lead to a router
-    // that does not exist yet.
-    for obj in router.static_objects(canary)? {
-        apply_dynamic(ctx, router, ns, obj).await?;
-    }
-    if let Some(routes) = &plan.routes {
-        for obj in router.route_objects(canary, routes.clone())? {
-            apply_dynamic(ctx, router, ns, obj).await?;
-        }
-    }
-    let apex_selector = router.apex_selector(canary, app);
-    let apex_name = canary.service_name().to_string();
-    let mut applied = Applied::Complete;
-    for svc in workloads::services(
-        canary,
-        app,
-        apex_selector.clone(),
-        router.apex_target_port(canary),
-    ) {
-        if svc.name_any() == apex_name {
-            let current = ctx
-                .stores
-                .services
-                .get(&ObjectRef::new(&apex_name).within(ns));
-            if !apex_may_switch(ctx, ns, canary, router, current.as_deref(), &apex_selector) {
-                tracing::info!(
-                    canary = %canary.name_any(),
-                    namespace = ns,
-                    service = %apex_name,
-                    "waiting for the router and the primary to be available before the Service points at the router"
-                );
-                applied = Applied::ApexWaiting;
-                continue;
-            }
-        }
-        apply(
-            ctx,
-            &ctx.stores.services,
-            Api::<Service>::namespaced(client.clone(), ns),
-            svc,
-        )
-        .await?;
-    }
-    Ok(applied)
-}
-
-/// Whether the apex Service may be pointed at its router now: it already is, or the
-/// router Deployment and the primary both have an available pod. Switching earlier would
-/// send the Service's callers to a router or a primary that cannot answer yet.
-fn apex_may_switch(
-    ctx: &Context,
-    ns: &str,
-    canary: &Canary,
-    router: &dyn TrafficRouter,
-    current: Option<&Service>,
-    apex_selector: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    let Some(backend) = router.apex_backend(canary) else {
-        return true;
-    };
-    let already = current
-        .and_then(|s| s.spec.as_ref())
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|selector| selector == apex_selector);
-    let available = |name: &str| {
-        ctx.stores
-            .deployments
-            .get(&ObjectRef::new(name).within(ns))
-            .is_some_and(|d| deployment_available(&d))
-    };
-    already || (available(backend) && available(&workloads::primary_name(canary)))
-}
-
-/// At least one pod of the Deployment's current spec is available.
-fn deployment_available(d: &Deployment) -> bool {
-    let status = d.status.as_ref();
-    let observed = status.and_then(|s| s.observed_generation);
-    observed.is_some()
-        && observed >= d.metadata.generation
-        && status.and_then(|s| s.available_replicas).unwrap_or(0) > 0
-}
-
-async fn copy_configs(
-    canary: &Canary,
-    ns: &str,
-    tracked: &std::collections::BTreeSet<configs::ConfigRef>,
-    ctx: &Context,
-) -> Result<(), Error> {
-    for r in tracked {
-        match r.kind {
-            configs::ConfigKind::ConfigMap => {
-                if let Some(source) = ctx
-                    .stores
-                    .config_maps
-                    .get(&ObjectRef::new(&r.name).within(ns))
-                {
-                    let copy = configs::primary_config_map(canary, &source);
-                    apply(
-                        ctx,
-                        &ctx.stores.config_maps,
-                        Api::namespaced(ctx.client.clone(), ns),
-                        copy,
-                    )
-                    .await?;
-                }
-            }
-            configs::ConfigKind::Secret => {
-                if let Some(source) = ctx.stores.secrets.get(&ObjectRef::new(&r.name).within(ns)) {
-                    let copy = configs::primary_secret(canary, &source);
-                    apply(
-                        ctx,
-                        &ctx.stores.secrets,
-                        Api::namespaced(ctx.client.clone(), ns),
-                        copy,
-                    )
-                    .await?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 async fn publish_events(canary: &Canary, plan: &Plan, ctx: &Context) {
     let reference = workloads::canary_object_ref(canary);
     for event in &plan.events {
@@ -416,51 +212,4 @@ async fn report_blocked(
         publish_events(canary, &plan, ctx).await;
     }
     Ok(())
-}
-
-fn record_metrics(canary: &Canary, plan: &Plan, ctx: &Context) {
-    let name = canary.name_any();
-    let namespace = canary.namespace().unwrap_or_default();
-    let labels = CanaryLabels {
-        name: name.clone(),
-        namespace: namespace.clone(),
-    };
-    let phase = plan.status.phase.unwrap_or_default();
-    ctx.metrics
-        .status
-        .get_or_create(&labels)
-        .set(phase.status_code());
-    ctx.metrics
-        .weight
-        .get_or_create(&WorkloadLabels {
-            workload: canary.spec.target_ref.name.clone(),
-            namespace: namespace.clone(),
-        })
-        .set(plan.status.canary_weight as i64);
-    for result in &plan.status.last_analysis {
-        if let Some(value) = result.value {
-            ctx.metrics
-                .metric_analysis
-                .get_or_create(&MetricLabels {
-                    name: name.clone(),
-                    namespace: namespace.clone(),
-                    metric: result.name.clone(),
-                })
-                .set(value);
-        }
-    }
-    if let Some(end) = rollout::run_ended(canary.status.as_ref(), &plan.status, Timestamp::now()) {
-        let counter = if end.phase == Phase::Succeeded {
-            &ctx.metrics.successes
-        } else {
-            &ctx.metrics.failures
-        };
-        counter.get_or_create(&labels).inc();
-        if let Some(took) = end.took {
-            ctx.metrics
-                .duration
-                .get_or_create(&labels)
-                .observe(took.as_secs_f64());
-        }
-    }
 }
