@@ -2,9 +2,11 @@
 pub mod analysis;
 pub mod apply;
 pub mod context;
+mod discovery;
 mod ensure;
 pub mod events;
 pub mod gates;
+mod janitor;
 pub mod leader;
 pub mod metrics;
 #[cfg(test)]

@@ -25,8 +25,9 @@ use super::analysis::Analysis;
 use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
 use super::reconcile::{error_policy, reconcile};
-use crate::api::{Canary, RouterKind};
-use crate::router::{Kind, SharedObjects, Watched};
+use super::{discovery, janitor};
+use crate::api::Canary;
+use crate::router::{Kind, Watched};
 use crate::workloads::configs;
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +235,7 @@ async fn run_watches(
         options.config.router_replicas,
     );
     let kinds: Vec<Kind> = routers.watched().iter().map(|w| w.kind).collect();
-    let served = served_kinds(&client, &kinds).await;
+    let served = discovery::served_kinds(&client, &kinds).await;
     for kind in kinds.iter().filter(|k| !served.contains(k)) {
         tracing::warn!(
             kind = kind.kind,
@@ -379,7 +380,7 @@ async fn run_watches(
             tokio::time::sleep(Duration::from_secs(15)).await;
         }
     };
-    let janitor = remove_unused_shared_objects(ctx.clone(), janitor_canaries);
+    let janitor = janitor::remove_unused_shared_objects(ctx.clone(), janitor_canaries);
     let run = controller
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -393,7 +394,7 @@ async fn run_watches(
         }
         loop {
             tokio::time::sleep(DISCOVERY_RETRY).await;
-            if !served_kinds(&client, &missing).await.is_empty() {
+            if !discovery::served_kinds(&client, &missing).await.is_empty() {
                 return;
             }
         }
@@ -404,124 +405,6 @@ async fn run_watches(
         _ = janitor => Ok(Stopped::Done),
         _ = newly_served => Ok(Stopped::KindsServed),
     }
-}
-
-/// The kinds among `kinds` the API server serves. A group version it does not know
-/// (404) serves none; one that cannot be looked up now is taken as served, so that a
-/// passing discovery failure never blocks Canaries (the watch retries on its own).
-async fn served_kinds(client: &Client, kinds: &[Kind]) -> std::collections::BTreeSet<Kind> {
-    let mut served = std::collections::BTreeSet::new();
-    let mut by_version: std::collections::BTreeMap<String, Vec<Kind>> = Default::default();
-    for kind in kinds {
-        by_version
-            .entry(kind.api_version())
-            .or_default()
-            .push(*kind);
-    }
-    for (api_version, kinds) in by_version {
-        let listed = if api_version.contains('/') {
-            client.list_api_group_resources(&api_version).await
-        } else {
-            client.list_core_api_resources(&api_version).await
-        };
-        match listed {
-            Ok(list) => served.extend(
-                kinds
-                    .into_iter()
-                    .filter(|k| list.resources.iter().any(|r| r.name == k.plural)),
-            ),
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => {
-                tracing::warn!(%api_version, error = %err, "API discovery failed; watching its kinds anyway");
-                served.extend(kinds);
-            }
-        }
-    }
-    served
-}
-
-/// How often namespaces are checked for a router that no Canary uses.
-const ROUTER_SWEEP: Duration = Duration::from_secs(30);
-
-/// The namespaces among `present` (those holding a router's shared objects) where no
-/// Canary uses that router (a Canary being deleted still counts: its Service may still
-/// lead to the router until it is reverted).
-pub fn unused_shared(
-    canaries: &[Arc<Canary>],
-    present: &std::collections::BTreeSet<String>,
-    router: RouterKind,
-    default_provider: RouterKind,
-) -> std::collections::BTreeSet<String> {
-    let used: std::collections::BTreeSet<String> = canaries
-        .iter()
-        .filter(|c| c.spec.provider.unwrap_or(default_provider) == router)
-        .filter_map(|c| c.namespace())
-        .collect();
-    present.difference(&used).cloned().collect()
-}
-
-/// The namespaces holding `shared` (its last kind, applied last, named `shared.name`).
-fn namespaces_holding(ctx: &Context, shared: &SharedObjects) -> std::collections::BTreeSet<String> {
-    let Some(last) = shared.kinds.last() else {
-        return Default::default();
-    };
-    ctx.stores
-        .routed
-        .iter()
-        .filter(|(watched, _)| watched.kind == *last)
-        .flat_map(|(_, store)| store.state())
-        .filter(|o| o.metadata.name.as_deref() == Some(shared.name))
-        .filter_map(|o| o.namespace())
-        .collect()
-}
-
-/// Deletes a router's shared objects in namespaces found unused in two sweeps in a row,
-/// so a Canary that is being created (or switching provider) is not raced.
-async fn remove_unused_shared_objects(ctx: Arc<Context>, canaries: reflector::Store<Canary>) {
-    let mut suspects: std::collections::HashMap<RouterKind, std::collections::BTreeSet<String>> =
-        Default::default();
-    loop {
-        tokio::time::sleep(ROUTER_SWEEP).await;
-        for router in ctx.routers.all() {
-            let Some(shared) = router.shared_objects() else {
-                continue;
-            };
-            let present = namespaces_holding(&ctx, &shared);
-            let unused = unused_shared(
-                &canaries.state(),
-                &present,
-                router.kind(),
-                ctx.config.default_provider,
-            );
-            let before = suspects.entry(router.kind()).or_default();
-            for ns in unused.intersection(before) {
-                tracing::info!(namespace = %ns, router = router.kind().as_str(), objects = shared.name, "removing a router's objects: no Canary here uses it");
-                if let Err(err) = delete_shared(&ctx.client, ns, &shared).await {
-                    tracing::warn!(namespace = %ns, error = %err, "removing a router's objects");
-                }
-            }
-            *before = unused;
-        }
-    }
-}
-
-async fn delete_shared(
-    client: &Client,
-    ns: &str,
-    shared: &SharedObjects,
-) -> Result<(), kube::Error> {
-    use kube::api::DeleteParams;
-    // In reverse order of creation: a Deployment's pods stop before their permissions go.
-    for kind in shared.kinds.iter().rev() {
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), ns, &kind.api_resource());
-        match api.delete(shared.name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(())
 }
 
 /// The Canaries named in an object's owner references.
@@ -667,94 +550,4 @@ async fn ready(AxumState(state): AxumState<State>) -> impl IntoResponse {
 async fn diagnostics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let d = state.diagnostics.read().await.clone();
     axum::Json(d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn canary(ns: &str, provider: &str) -> Arc<Canary> {
-        Arc::new(
-            serde_yaml::from_str(&format!(
-                "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {{name: c, namespace: {ns}}}\nspec: {{{provider}targetRef: {{kind: Deployment, name: app}}, service: {{port: 80}}, analysis: {{stepWeight: 10}}}}\n"
-            ))
-            .unwrap(),
-        )
-    }
-
-    #[test]
-    fn shared_objects_without_a_canary_of_their_router_in_the_namespace_are_unused() {
-        let canaries = [
-            canary("shop", "provider: sluice, "),
-            canary("mesh", "provider: istio, "),
-            canary("plain", ""),
-        ];
-        let present: std::collections::BTreeSet<String> = ["shop", "mesh", "plain", "empty"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        // (default provider, namespaces whose sluice-router is unused)
-        let cases: [(RouterKind, &[&str]); 2] = [
-            (RouterKind::Istio, &["empty", "mesh", "plain"]),
-            (RouterKind::Sluice, &["empty", "mesh"]),
-        ];
-        for (default, want) in cases {
-            let got = unused_shared(&canaries, &present, RouterKind::Sluice, default);
-            assert_eq!(
-                got.iter().map(String::as_str).collect::<Vec<_>>(),
-                want,
-                "default {default:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn kinds_are_served_when_discovery_lists_them_or_cannot_say() {
-        use crate::controller::mock_api::{mock_client, not_found};
-        let list = |group_version: &str, plurals: &[&str]| {
-            let resources: Vec<serde_json::Value> = plurals
-                .iter()
-                .map(|p| serde_json::json!({"name": p, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]}))
-                .collect();
-            (
-                200,
-                serde_json::json!({"kind": "APIResourceList", "groupVersion": group_version, "resources": resources}),
-            )
-        };
-        let (client, seen) = mock_client(move |req| match req.path.as_str() {
-            // Istio is not installed.
-            "/apis/networking.istio.io/v1beta1" => not_found(),
-            "/apis/apps/v1" => list("apps/v1", &["deployments", "deployments/status"]),
-            "/api/v1" => list("v1", &["pods", "services"]),
-            "/apis/rbac.authorization.k8s.io/v1" => {
-                list("rbac.authorization.k8s.io/v1", &["roles", "rolebindings"])
-            }
-            // A passing failure: taken as served.
-            _ => (
-                500,
-                serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 500, "message": "etcd timeout"}),
-            ),
-        });
-        let kinds = [
-            Kind::VIRTUAL_SERVICE,
-            Kind::DESTINATION_RULE,
-            Kind::DEPLOYMENT,
-            Kind::SERVICE_ACCOUNT,
-            Kind::ROLE,
-            Kind::ROLE_BINDING,
-            Kind::POD_DISRUPTION_BUDGET,
-        ];
-        let served = served_kinds(&client, &kinds).await;
-        let want: std::collections::BTreeSet<Kind> = [
-            Kind::DEPLOYMENT,
-            Kind::ROLE,
-            Kind::ROLE_BINDING,
-            Kind::POD_DISRUPTION_BUDGET,
-        ]
-        .into_iter()
-        .collect();
-        assert_eq!(served, want);
-        // One lookup per group version.
-        assert_eq!(seen.lock().unwrap().len(), 5);
-    }
 }
