@@ -176,64 +176,16 @@ pub(super) async fn write_status(
 #[cfg(test)]
 mod tests {
 
-    use kube::runtime::{reflector, watcher};
-    use kube::Client;
-
     use super::*;
-    use crate::controller::analysis::Analysis;
-    use crate::controller::context::{Config, State, Stores};
-    use crate::controller::events::EventPublisher;
-    use crate::controller::mock_api::mock_client;
+    use crate::controller::mock_api::{context, mock_client};
     use crate::rollout::{Routes, Weights};
-    use crate::router::{Kind, Routers, Watched};
+    use crate::router::{Kind, Routers};
 
     /// Server-side apply, forced, as the one field manager.
     fn assert_one_field_manager(query: &str) {
         let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
         params.sort();
         assert_eq!(params, ["fieldManager=sluice", "force=true"], "{query}");
-    }
-
-    fn context(client: Client, routed: Vec<DynamicObject>) -> Context {
-        let routers = Routers::new("sluice-proxy:test".into(), 2);
-        let served: Vec<Kind> = routers.watched().iter().map(|w| w.kind).collect();
-        let stores = routers
-            .watched()
-            .into_iter()
-            .map(|watched: Watched| {
-                let mut writer = reflector::store::Writer::new(watched.kind.api_resource());
-                for o in routed.iter().filter(|o| watched.kind.is_kind_of(o)) {
-                    writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
-                }
-                (watched, writer.as_reader())
-            })
-            .collect();
-        let state = State::new();
-        Context {
-            client: client.clone(),
-            stores: Stores {
-                deployments: reflector::store().0,
-                services: reflector::store().0,
-                autoscalers: reflector::store().0,
-                config_maps: reflector::store().0,
-                secrets: reflector::store().0,
-                routed: stores,
-                served: served.into_iter().collect(),
-            },
-            events: EventPublisher::new(client.clone(), "test".into()),
-            metrics: state.metrics.clone(),
-            diagnostics: state.diagnostics.clone(),
-            config: Config {
-                default_provider: crate::api::RouterKind::Istio,
-                metrics_server: None,
-                proxy_image: "sluice-proxy:test".into(),
-                router_replicas: 2,
-            },
-            analysis: Analysis::new(client, None).unwrap(),
-            routers,
-            http: reqwest::Client::new(),
-            written: Default::default(),
-        }
     }
 
     fn canary() -> Canary {

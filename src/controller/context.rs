@@ -143,3 +143,38 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::mock_api::{context, mock_client};
+    use super::*;
+
+    fn canary(resource_version: &str, weight: i32) -> Arc<Canary> {
+        let mut c: Canary = serde_yaml::from_str(
+            "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {name: web, namespace: shop, uid: u1}\nspec: {targetRef: {kind: Deployment, name: web}, service: {port: 80}, analysis: {stepWeight: 10}}\n",
+        )
+        .unwrap();
+        c.metadata.resource_version = Some(resource_version.into());
+        c.status = Some(crate::api::CanaryStatus {
+            canary_weight: weight,
+            ..Default::default()
+        });
+        Arc::new(c)
+    }
+
+    #[tokio::test]
+    async fn a_stale_cache_gives_way_to_the_status_sluice_wrote() {
+        let (client, _) = mock_client(|_| (200, serde_json::Value::Null));
+        let ctx = context(client, vec![]);
+        let weight = |c: &Arc<Canary>| c.status.as_ref().unwrap().canary_weight;
+        // Nothing written: the cache's copy.
+        assert_eq!(weight(&ctx.freshest(canary("1", 10))), 10);
+        // Written at weight 20 over resourceVersion 1; the cache still shows version 1.
+        ctx.remember_written(&canary("1", 10), Canary::clone(&canary("2", 20)));
+        assert_eq!(weight(&ctx.freshest(canary("1", 10))), 20);
+        // The cache caught up (a newer version): its copy again, and the written one is
+        // forgotten, so an older cache copy later is not replaced by it.
+        assert_eq!(weight(&ctx.freshest(canary("2", 20))), 20);
+        assert_eq!(weight(&ctx.freshest(canary("1", 10))), 10);
+    }
+}

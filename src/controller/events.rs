@@ -74,3 +74,72 @@ fn truncate(s: &str, max: usize) -> String {
     }
     s[..end].to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::mock_api::mock_client;
+
+    #[tokio::test]
+    async fn an_event_is_created_per_decision_with_its_own_name_and_a_bounded_note() {
+        let (client, seen) = mock_client(|req| (201, req.body.clone()));
+        let publisher = EventPublisher::new(client, "sluice-controller-0".into());
+        let regarding = ObjectReference {
+            api_version: Some("sluice.dev/v1beta1".into()),
+            kind: Some("Canary".into()),
+            name: Some("web".into()),
+            namespace: Some("shop".into()),
+            ..Default::default()
+        };
+        // (type, message, note written)
+        let long = "é".repeat(600); // 1,200 bytes: cut at a character boundary
+        let cases = [
+            (
+                EventType::Normal,
+                "Advance web.shop canary weight 10".to_string(),
+                "Advance web.shop canary weight 10".to_string(),
+            ),
+            (EventType::Warning, long.clone(), "é".repeat(512)),
+        ];
+        for (type_, message, note) in &cases {
+            let event = rollout::Event {
+                type_: *type_,
+                reason: "Synced",
+                message: message.clone(),
+                alert: None,
+            };
+            publisher.publish(&regarding, &event).await.unwrap();
+            let seen = seen.lock().unwrap();
+            let req = seen.last().unwrap();
+            assert_eq!(
+                (req.method.as_str(), req.path.as_str()),
+                ("POST", "/apis/events.k8s.io/v1/namespaces/shop/events")
+            );
+            let body = &req.body;
+            assert_eq!(
+                body["type"],
+                if *type_ == EventType::Normal {
+                    "Normal"
+                } else {
+                    "Warning"
+                }
+            );
+            assert_eq!(body["reason"], "Synced");
+            assert_eq!(body["note"], note.as_str());
+            assert_eq!(body["regarding"]["name"], "web");
+            assert_eq!(body["reportingController"], REPORTING_CONTROLLER);
+            assert_eq!(body["reportingInstance"], "sluice-controller-0");
+            assert!(body["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("web."));
+            assert!(body["eventTime"].is_string());
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_ne!(
+            seen[0].body["metadata"]["name"], seen[1].body["metadata"]["name"],
+            "one event per decision, never folded into a series"
+        );
+    }
+}

@@ -5,8 +5,15 @@ use std::sync::{Arc, Mutex};
 
 use http::{Request, Response};
 use http_body_util::BodyExt;
+use kube::api::DynamicObject;
 use kube::client::Body;
+use kube::runtime::{reflector, watcher};
 use kube::Client;
+
+use super::analysis::Analysis;
+use super::context::{Config, Context, State, Stores};
+use super::events::EventPublisher;
+use crate::router::{Kind, Routers, Watched};
 
 /// One request the controller made.
 #[derive(Debug, Clone)]
@@ -67,4 +74,48 @@ pub fn not_found() -> (u16, serde_json::Value) {
         404,
         serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "the server could not find the requested resource"}),
     )
+}
+
+/// A controller context over `client`, with the routers' caches holding `routed` and
+/// every router kind served.
+pub fn context(client: Client, routed: Vec<DynamicObject>) -> Context {
+    let routers = Routers::new("sluice-proxy:test".into(), 2);
+    let served: Vec<Kind> = routers.watched().iter().map(|w| w.kind).collect();
+    let stores = routers
+        .watched()
+        .into_iter()
+        .map(|watched: Watched| {
+            let mut writer = reflector::store::Writer::new(watched.kind.api_resource());
+            for o in routed.iter().filter(|o| watched.kind.is_kind_of(o)) {
+                writer.apply_watcher_event(&watcher::Event::Apply(o.clone()));
+            }
+            (watched, writer.as_reader())
+        })
+        .collect();
+    let state = State::new();
+    Context {
+        client: client.clone(),
+        stores: Stores {
+            deployments: reflector::store().0,
+            services: reflector::store().0,
+            autoscalers: reflector::store().0,
+            config_maps: reflector::store().0,
+            secrets: reflector::store().0,
+            routed: stores,
+            served: served.into_iter().collect(),
+        },
+        events: EventPublisher::new(client.clone(), "test".into()),
+        metrics: state.metrics.clone(),
+        diagnostics: state.diagnostics.clone(),
+        config: Config {
+            default_provider: crate::api::RouterKind::Istio,
+            metrics_server: None,
+            proxy_image: "sluice-proxy:test".into(),
+            router_replicas: 2,
+        },
+        analysis: Analysis::new(client, None).unwrap(),
+        routers,
+        http: reqwest::Client::new(),
+        written: Default::default(),
+    }
 }
