@@ -16,7 +16,7 @@ use super::apply::{apply, Error, FIELD_MANAGER};
 use super::context::Context;
 use super::observe::workload_state;
 use crate::api::Canary;
-use crate::rollout::{self, RevertStep, FINALIZER};
+use crate::rollout::{self, RevertStep};
 use crate::workloads::{self, AppLabel};
 
 /// Adds or removes the finalizer to match `spec.revertOnDeletion`.
@@ -96,13 +96,7 @@ pub async fn on_deletion(canary: &Canary, ctx: &Context) -> Result<Action, Error
         }
         RevertStep::Release => {}
     }
-    let finalizers = canary
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    write_finalizers(canary, finalizers, ctx).await?;
+    write_finalizers(canary, rollout::finalizers_without_ours(canary), ctx).await?;
     Ok(Action::await_change())
 }
 

@@ -234,22 +234,19 @@ async fn run_watches(
         options.config.proxy_image.clone(),
         options.config.router_replicas,
     );
-    let kinds: Vec<Kind> = routers.watched().iter().map(|w| w.kind).collect();
+    let watched = routers.watched();
+    let mut kinds: Vec<Kind> = watched.iter().map(|w| w.kind).collect();
+    kinds.dedup();
     let served = discovery::served_kinds(&client, &kinds).await;
-    for kind in kinds.iter().filter(|k| !served.contains(k)) {
+    let missing: Vec<Kind> = kinds.into_iter().filter(|k| !served.contains(k)).collect();
+    for kind in &missing {
         tracing::warn!(
             kind = kind.kind,
             api_version = %kind.api_version(),
             "not served by the API server (CRD not installed): Canaries whose router writes it are blocked until it is"
         );
     }
-    let missing: Vec<Kind> = kinds
-        .iter()
-        .filter(|k| !served.contains(k))
-        .copied()
-        .collect();
-    let (routed, routed_streams): (Vec<_>, Vec<_>) = routers
-        .watched()
+    let (routed, routed_streams): (Vec<_>, Vec<_>) = watched
         .into_iter()
         .filter(|watched| served.contains(&watched.kind))
         .map(|watched| {

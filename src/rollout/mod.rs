@@ -15,5 +15,7 @@ pub use decide::{
     Plan, PrimaryAction, Routes, Weights, WorkloadState,
 };
 pub use outcome::{blocked, idle, run_ended, RunEnd, BLOCKED_REQUEUE};
-pub use revert::{has_finalizer, revert_step, wanted_finalizers, RevertStep, FINALIZER};
+pub use revert::{
+    finalizers_without_ours, has_finalizer, revert_step, wanted_finalizers, RevertStep, FINALIZER,
+};
 pub use spec::{BuiltinMetric, MetricCheck, MetricSource, ReleaseSpec, SpecError, Steps, Strategy};

@@ -50,18 +50,24 @@ pub fn wanted_finalizers(canary: &Canary) -> Option<Vec<String>> {
     if wanted == has_finalizer(canary) {
         return None;
     }
-    let mut finalizers: Vec<String> = canary
+    let mut finalizers = finalizers_without_ours(canary);
+    if wanted {
+        finalizers.push(FINALIZER.to_string());
+    }
+    Some(finalizers)
+}
+
+/// The Canary's finalizers in their order, without [`FINALIZER`]: the list that releases
+/// the deletion once the revert is done.
+pub fn finalizers_without_ours(canary: &Canary) -> Vec<String> {
+    canary
         .metadata
         .finalizers
         .iter()
         .flatten()
         .filter(|f| *f != FINALIZER)
         .cloned()
-        .collect();
-    if wanted {
-        finalizers.push(FINALIZER.to_string());
-    }
-    Some(finalizers)
+        .collect()
 }
 
 /// The next step for a Canary being deleted; `target` is its Deployment as cached.
