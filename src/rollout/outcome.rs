@@ -75,10 +75,7 @@ mod tests {
 
     use super::*;
     use crate::api::CanaryCondition;
-
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + secs).unwrap()
-    }
+    use crate::rollout::tests::{at, canary, with_status};
 
     fn status(phase: Option<Phase>, promoted_since: Option<i64>) -> CanaryStatus {
         let mut s = CanaryStatus {
@@ -147,19 +144,10 @@ mod tests {
         }
     }
 
-    fn canary(status: Option<CanaryStatus>) -> Canary {
-        let mut c: Canary = serde_yaml::from_str(
-            "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {name: c, namespace: ns}\nspec: {targetRef: {kind: Deployment, name: app}, service: {port: 80}, analysis: {stepWeight: 10}}\n",
-        )
-        .unwrap();
-        c.status = status;
-        c
-    }
-
     #[test]
     fn a_blocked_canary_is_reported_once_per_message() {
         let first = blocked(
-            &canary(None),
+            &canary(),
             &status(Some(Phase::Initializing), None),
             "no app label",
             at(0),
@@ -192,7 +180,7 @@ mod tests {
         assert!(!first.ensure_objects && first.routes.is_none() && first.target_replicas.is_none());
         assert_eq!(first.requeue_after, BLOCKED_REQUEUE);
 
-        let again = canary(Some(first.status.clone()));
+        let again = with_status(first.status.clone());
         assert!(blocked(&again, &CanaryStatus::default(), "no app label", at(5)).is_none());
         let other =
             blocked(&again, &CanaryStatus::default(), "no port", at(5)).expect("a new message");
@@ -212,7 +200,7 @@ mod tests {
 
     #[test]
     fn an_idle_plan_acts_on_nothing() {
-        let c = canary(Some(status(Some(Phase::Progressing), Some(0))));
+        let c = with_status(status(Some(Phase::Progressing), Some(0)));
         let plan = idle(&c, Duration::from_secs(5));
         assert_eq!(plan.status, c.status.clone().unwrap());
         assert!(plan.need.is_none() && !plan.ensure_objects && plan.routes.is_none());

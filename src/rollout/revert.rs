@@ -131,16 +131,11 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
+    use crate::rollout::tests::{at, ready};
 
-    fn at(secs: i64) -> Timestamp {
-        Timestamp::from_second(1_800_000_000 + secs).unwrap()
-    }
-
+    /// Scenario B's Canary (progressDeadlineSeconds 60), being deleted since `at(0)`.
     fn canary(finalizer: bool, revert: Option<bool>, target_replicas: Option<i32>) -> Canary {
-        let mut c: Canary = serde_yaml::from_str(
-            "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {name: web, namespace: shop}\nspec: {targetRef: {kind: Deployment, name: web}, progressDeadlineSeconds: 60, service: {port: 80}, analysis: {stepWeight: 10}}\n",
-        )
-        .unwrap();
+        let mut c = crate::rollout::tests::canary();
         c.spec.revert_on_deletion = revert;
         c.metadata.finalizers = Some(if finalizer {
             vec!["other".into(), FINALIZER.into()]
@@ -157,11 +152,8 @@ mod tests {
 
     fn target(replicas: i32, available: i32) -> WorkloadState {
         WorkloadState {
-            revision: None,
-            replicas,
-            updated_replicas: replicas,
             available_replicas: available,
-            rollout_observed: true,
+            ..ready("v1", replicas)
         }
     }
 
@@ -240,7 +232,7 @@ mod tests {
         Event {
             type_: EventType::Normal,
             reason: "Reverted",
-            message: format!("Canary deleted: web.shop restored to {replicas} replicas and Service web selects it again"),
+            message: format!("Canary deleted: catalog.istioinaction restored to {replicas} replicas and Service catalog selects it again"),
             alert: None,
         }
     }

@@ -30,7 +30,7 @@ spec:
     - {name: request-duration, thresholdRange: {max: 500}, interval: 30s}
 "#;
 
-fn canary() -> Canary {
+pub(super) fn canary() -> Canary {
     serde_yaml::from_str(SCENARIO_B).expect("scenario B parses")
 }
 
@@ -38,11 +38,11 @@ fn t0() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
 }
 
-fn at(secs: i64) -> Timestamp {
+pub(super) fn at(secs: i64) -> Timestamp {
     t0() + SignedDuration::from_secs(secs)
 }
 
-fn ready(revision: &str, replicas: i32) -> WorkloadState {
+pub(super) fn ready(revision: &str, replicas: i32) -> WorkloadState {
     WorkloadState {
         revision: Some(revision.into()),
         replicas,
@@ -82,7 +82,7 @@ fn good_metrics() -> Vec<MetricOutcome> {
     ]
 }
 
-fn with_status(status: CanaryStatus) -> Canary {
+pub(super) fn with_status(status: CanaryStatus) -> Canary {
     let mut c = canary();
     c.status = Some(status);
     c
