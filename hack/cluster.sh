@@ -523,6 +523,11 @@ YAML
   sed -e "s|@COREDNS_IMAGE@|$COREDNS_IMAGE|g" -e "s|@DNS_SERVICE_IP@|$DNS_SERVICE_IP|g" \
     -e "s|@CLUSTER_DOMAIN@|$CLUSTER_DOMAIN|g" "$ROOT/hack/cluster/coredns.yaml" |
     kubectl_admin apply -f - >/dev/null
+  # The Gateway API, as a cluster that offers it has it: HTTPRoutes are validated by its
+  # own schema and CEL rules. Server-side: the CRDs are too large for the client-side
+  # apply annotation.
+  kubectl_admin apply --server-side --force-conflicts \
+    -f "$("$ROOT/hack/cluster/gateway-api-crds.sh")" >/dev/null
 }
 
 coredns_ready() {
@@ -578,6 +583,7 @@ cmd_prepare() {
   "$ROOT/hack/cluster/build-k8s.sh"
   "$ROOT/hack/cluster/build-node.sh"
   "$ROOT/hack/cluster/build-prometheus.sh"
+  "$ROOT/hack/cluster/gateway-api-crds.sh" >/dev/null
 }
 
 cmd_up() {

@@ -4,7 +4,9 @@
 //! - [`parse_go_or_seconds`]: the same or bare seconds (`90`, `1.5`), for every
 //!   command-line flag and the proxy's Istio fields;
 //! - [`parse_prometheus`]: Prometheus durations (analysis intervals, PromQL windows),
-//!   e.g. `500ms`, `30s`, `1h30m`, `1d`, with [`format_prometheus`] for the way back.
+//!   e.g. `500ms`, `30s`, `1h30m`, `1d`, with [`format_prometheus`] for the way back;
+//! - [`parse_gateway_api`]: the Gateway API's durations (HTTPRoute timeouts), e.g.
+//!   `10s`, `1m30s`, `500ms`.
 //!
 //! None accepts a negative duration; [`positive`] also rejects zero.
 
@@ -54,6 +56,8 @@ impl fmt::Display for Problem {
 
 const GO_EXAMPLES: &str = "300ms, 1.5s, 1h30m (units ns, us, ms, s, m, h)";
 const GO_OR_SECONDS_EXAMPLES: &str = "90, 1.5, 300ms, 1h30m (units ns, us, ms, s, m, h)";
+const GATEWAY_API_EXAMPLES: &str =
+    "10s, 1m30s, 500ms (at most 4 groups of up to 5 digits; units h, m, s, ms)";
 const PROMETHEUS_EXAMPLES: &str = "500ms, 30s, 1m, 1h30m, 1d (units ms, s, m, h, d, w, y)";
 
 const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -227,6 +231,52 @@ pub fn parse_prometheus(text: &str) -> Result<Duration, DurationError> {
     Ok(Duration::from_millis(total_ms))
 }
 
+/// The Gateway API's duration (GEP-2257, `^([0-9]{1,5}(h|m|s|ms)){1,4}$`), as its CRDs
+/// check it: what this accepts the API server accepts in an HTTPRoute.
+pub fn parse_gateway_api(text: &str) -> Result<Duration, DurationError> {
+    let bad = |problem| DurationError::Syntax {
+        text: text.to_string(),
+        problem,
+        examples: GATEWAY_API_EXAMPLES,
+    };
+    if text.is_empty() {
+        return Err(bad(Problem::Empty));
+    }
+    if text.starts_with('-') {
+        return Err(bad(Problem::Negative));
+    }
+    let mut rest = text;
+    let mut total_ms: u64 = 0;
+    let mut groups = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad(Problem::ExpectedNumber));
+        }
+        groups += 1;
+        if digits > 5 || groups > 4 {
+            return Err(bad(Problem::TooLong));
+        }
+        let number: u64 = rest[..digits].parse().map_err(|_| bad(Problem::TooLong))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (unit, after) = rest.split_at(unit_len);
+        let unit_ms = match unit {
+            "h" => 3_600_000,
+            "m" => 60_000,
+            "s" => 1_000,
+            "ms" => 1,
+            "" => return Err(bad(Problem::MissingUnit)),
+            other => return Err(bad(Problem::UnknownUnit(other.to_string()))),
+        };
+        rest = after;
+        total_ms += number * unit_ms;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
 /// `parse(text)`, rejecting zero: a timeout or window of nothing would fail every call
 /// or measure nothing.
 pub fn positive(
@@ -277,6 +327,7 @@ mod tests {
         let go: Parse = parse_go;
         let go_s: Parse = parse_go_or_seconds;
         let prom: Parse = parse_prometheus;
+        let gw: Parse = parse_gateway_api;
         let pos_go: Parse = |t| positive(t, parse_go);
         let ns = Duration::from_nanos;
         let ms = Duration::from_millis;
@@ -332,6 +383,22 @@ mod tests {
             (go_s, "1e3", unit("e")),
             (go_s, "10m5", Bad(MissingUnit)),
             (go_s, "1 fortnight", unit(" fortnight")),
+            // Gateway API
+            (gw, "10s", Is(s(10))),
+            (gw, "1m30s", Is(s(90))),
+            (gw, "500ms", Is(ms(500))),
+            (gw, "1h1m1s1ms", Is(ms(3_661_001))),
+            (gw, "0s", Is(Duration::ZERO)),
+            (gw, "99999s", Is(s(99_999))),
+            (gw, "100000s", Bad(TooLong)),
+            (gw, "1h1m1s1ms1h", Bad(TooLong)),
+            (gw, "1.5s", unit(".")),
+            (gw, "1d", unit("d")),
+            (gw, "10", Bad(MissingUnit)),
+            (gw, "0", Bad(MissingUnit)),
+            (gw, "", Bad(Empty)),
+            (gw, "-1s", Bad(Negative)),
+            (gw, "s", Bad(ExpectedNumber)),
             // Prometheus
             (prom, "500ms", Is(ms(500))),
             (prom, "30s", Is(s(30))),

@@ -9,6 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::gateway::{HttpRequestMirrorFilter, ParentReference};
 use super::istio::{Headers, HttpMatchRequest, HttpRetry, HttpRewrite, TrafficPolicy};
 
 pub const DEFAULT_INTERVAL: &str = "60s";
@@ -16,7 +17,8 @@ pub const DEFAULT_PROGRESS_DEADLINE_SECONDS: i32 = 600;
 
 // Several printcolumns share a type, which clippy mistakes for a repeated attribute.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("!has(self.provider) || self.provider != 'gatewayapi:v1' || (has(self.service.gatewayRefs) && size(self.service.gatewayRefs) > 0)").message("spec.service.gatewayRefs must name at least one Gateway or Service with provider gatewayapi:v1"))]
 #[kube(
     group = "sluice.dev",
     version = "v1beta1",
@@ -82,8 +84,9 @@ pub struct CanarySpec {
     /// A HorizontalPodAutoscaler (autoscaling/v2) scaling the target; a copy is made for the primary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler_ref: Option<AutoscalerRef>,
-    /// Traffic router: `istio` (VirtualService/DestinationRule enforced by Istio) or
-    /// `sluice` (the same objects, enforced by sluice-proxy). Defaults to the controller's setting.
+    /// Traffic router: `istio` (VirtualService/DestinationRule enforced by Istio),
+    /// `sluice` (the same objects, enforced by sluice-proxy) or `gatewayapi:v1` (an
+    /// HTTPRoute enforced by a Gateway API implementation). Defaults to the controller's setting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<RouterKind>,
     /// Prometheus address for built-in metrics; overrides the controller's default.
@@ -135,15 +138,22 @@ pub enum RouterKind {
     #[default]
     Istio,
     Sluice,
+    #[serde(rename = "gatewayapi:v1")]
+    GatewayApiV1,
 }
 
 impl RouterKind {
-    pub const ALL: [RouterKind; 2] = [RouterKind::Istio, RouterKind::Sluice];
+    pub const ALL: [RouterKind; 3] = [
+        RouterKind::Istio,
+        RouterKind::Sluice,
+        RouterKind::GatewayApiV1,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             RouterKind::Istio => "istio",
             RouterKind::Sluice => "sluice",
+            RouterKind::GatewayApiV1 => "gatewayapi:v1",
         }
     }
 }
@@ -193,21 +203,59 @@ pub struct CanaryService {
     pub matches: Vec<HttpMatchRequest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<HttpRetry>,
+    /// Timeout of the whole request, a Go duration (e.g. `2s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Timeout of each request to a backend (Gateway API only); at most `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_timeout: Option<String>,
+    /// Gateways (or, for mesh routing, Services) the HTTPRoute attaches to; required
+    /// with provider `gatewayapi:v1`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateway_refs: Vec<ParentReference>,
+    /// Further Services that get a copy of the requests (Gateway API only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirror: Vec<HttpRequestMirrorFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Headers>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::api::schema::preserve_unknown_fields")]
     pub cors_policy: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rewrite: Option<HttpRewrite>,
+    pub rewrite: Option<ServiceRewrite>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apex: Option<CustomMetadata>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub primary: Option<CustomMetadata>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CustomMetadata>,
+}
+
+/// `service.rewrite`: Istio's rewrite, and how the Gateway API replaces the path.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRewrite {
+    /// The new path, or the new prefix in place of the matched one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// The new Host (authority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    /// Gateway API only: `ReplaceFullPath` (default, as Flagger) or `ReplacePrefixMatch`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["ReplaceFullPath", "ReplacePrefixMatch"]))]
+    pub rewrite_type: Option<String>,
+}
+
+impl ServiceRewrite {
+    /// The rewrite as Istio writes it: the path type is Istio's own (prefix when the
+    /// route matched on a prefix).
+    pub fn istio(&self) -> HttpRewrite {
+        HttpRewrite {
+            uri: self.uri.clone(),
+            authority: self.authority.clone(),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]

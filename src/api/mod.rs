@@ -1,5 +1,7 @@
-//! Resource types: sluice's own CRDs and the Istio objects sluice reads and writes.
+//! Resource types: sluice's own CRDs and the Istio and Gateway API objects sluice reads
+//! and writes.
 pub mod canary;
+pub mod gateway;
 pub mod istio;
 pub mod schema;
 pub mod templates;

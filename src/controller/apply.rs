@@ -31,7 +31,7 @@ pub enum Error {
     #[error("Canary has no namespace")]
     NoNamespace,
     /// The router writes kinds whose CRDs are not installed.
-    #[error("provider {provider} writes {kinds}, which this cluster does not serve: install the CRDs (for Istio's kinds, Istio or the chart's istio-crds); the controller starts watching them within a minute")]
+    #[error("provider {provider} writes {kinds}, which this cluster does not serve: install the CRDs (for Istio's kinds, Istio or the chart's istio-crds; for HTTPRoutes, the Gateway API's standard channel); the controller starts watching them within a minute")]
     NotServed {
         provider: &'static str,
         kinds: String,
@@ -63,7 +63,11 @@ impl Error {
 
     /// Spec problems the user must fix: reported on the Canary, retried slowly.
     pub(super) fn is_user_error(&self) -> bool {
-        matches!(self, Error::Workload(_) | Error::NotServed { .. })
+        match self {
+            Error::Workload(_) | Error::NotServed { .. } => true,
+            Error::Router(e) => e.is_spec_error(),
+            _ => false,
+        }
     }
 }
 

@@ -39,6 +39,12 @@ pub(super) async fn ensure_objects(
     ctx: &Context,
 ) -> Result<Applied, Error> {
     let client = &ctx.client;
+    // Rendered before anything is written: a spec the router cannot express writes nothing.
+    let static_objects = router.static_objects(canary)?;
+    let route_objects = match &plan.routes {
+        Some(routes) => router.route_objects(canary, routes.clone())?,
+        None => vec![],
+    };
     // Primary first: the Services and routes point at it.
     let mut template = target
         .spec
@@ -99,13 +105,8 @@ pub(super) async fn ensure_objects(
     }
     // The router and its routes before the Services: the apex must not lead to a router
     // that does not exist yet.
-    for obj in router.static_objects(canary)? {
+    for obj in static_objects.into_iter().chain(route_objects) {
         apply_dynamic(ctx, router, ns, obj).await?;
-    }
-    if let Some(routes) = &plan.routes {
-        for obj in router.route_objects(canary, routes.clone())? {
-            apply_dynamic(ctx, router, ns, obj).await?;
-        }
     }
     let apex_selector = router.apex_selector(canary, app);
     let apex_name = canary.service_name().to_string();

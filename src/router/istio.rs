@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
-use super::{spec_differs, to_dynamic, Error, Kind, TrafficRouter, Watched};
+use super::{spec_differs, to_dynamic, Error, Kind, TrafficRouter, Watched, MANAGED_BY_SLUICE};
 use crate::analysis::Reporter;
 use crate::api::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
@@ -65,8 +65,6 @@ pub(super) const WATCHED: [Watched; 2] = [
         selector: MANAGED_BY_SLUICE,
     },
 ];
-
-const MANAGED_BY_SLUICE: &str = "app.kubernetes.io/managed-by=sluice";
 
 pub fn destination_rules(canary: &Canary) -> Vec<DestinationRule> {
     let svc = canary.service_name();
@@ -133,7 +131,7 @@ pub fn virtual_service(canary: &Canary, routes: Routes) -> VirtualService {
             timeout: service.timeout.clone(),
             headers: service.headers.clone(),
             cors_policy: service.cors_policy.clone(),
-            rewrite: service.rewrite.clone(),
+            rewrite: service.rewrite.as_ref().map(|r| r.istio()),
             ..Default::default()
         }
     };
@@ -143,7 +141,7 @@ pub fn virtual_service(canary: &Canary, routes: Routes) -> VirtualService {
             headers: BTreeMap::from([(
                 "Cookie".to_string(),
                 StringMatch {
-                    regex: Some(format!(".*{}.*", regex_escape(cookie))),
+                    regex: Some(cookie_regex(cookie)),
                     ..Default::default()
                 },
             )]),
@@ -196,15 +194,15 @@ pub fn virtual_service(canary: &Canary, routes: Routes) -> VirtualService {
 /// takes traffic, a client it served gets a cookie that keeps it there (and, with
 /// `primaryCookieName`, a primary client stays on the primary); once the release is over
 /// the primary expires the canary's cookie.
-struct Affinity {
+pub(super) struct Affinity {
     /// `name=value` a request must carry to stay on the canary / primary.
-    canary_cookie: Option<String>,
-    primary_cookie: Option<String>,
-    canary_set_cookie: Option<String>,
-    primary_set_cookie: Option<String>,
+    pub canary_cookie: Option<String>,
+    pub primary_cookie: Option<String>,
+    pub canary_set_cookie: Option<String>,
+    pub primary_set_cookie: Option<String>,
 }
 
-fn session_affinity(canary: &Canary, routes: &Routes) -> Option<Affinity> {
+pub(super) fn session_affinity(canary: &Canary, routes: &Routes) -> Option<Affinity> {
     let config = canary.spec.analysis.session_affinity.as_ref()?;
     let value = routes.session.as_deref()?;
     let max_age = config.max_age.unwrap_or(86400);
@@ -231,8 +229,9 @@ fn session_affinity(canary: &Canary, routes: &Routes) -> Option<Affinity> {
     })
 }
 
-fn regex_escape(text: &str) -> String {
-    regex::escape(text)
+/// The regex a `Cookie` header matches when it carries `cookie` (`name=value`).
+pub(super) fn cookie_regex(cookie: &str) -> String {
+    format!(".*{}.*", regex::escape(cookie))
 }
 
 /// Every analysis match combined (AND) with every service match; the analysis condition

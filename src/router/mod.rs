@@ -5,6 +5,7 @@
 //! what a router renders with server-side apply and knows no router by name.
 //! A new router is one new file implementing [`TrafficRouter`], listed in [`Routers`].
 
+pub mod gateway_api;
 pub mod istio;
 pub mod sluice;
 
@@ -26,7 +27,20 @@ pub enum Error {
         name: String,
         source: serde_json::Error,
     },
+    /// The Canary asks for what this router cannot express: the field at fault.
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
 }
+
+impl Error {
+    /// A spec the user must change; retrying does not help.
+    pub fn is_spec_error(&self) -> bool {
+        matches!(self, Error::Invalid { .. })
+    }
+}
+
+/// Selects the objects sluice wrote.
+pub(crate) const MANAGED_BY_SLUICE: &str = "app.kubernetes.io/managed-by=sluice";
 
 /// A kind of object a router writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -200,6 +214,7 @@ pub fn missing_kinds(
 pub struct Routers {
     pub istio: istio::IstioRouter,
     pub sluice: sluice::SluiceRouter,
+    pub gateway_api: gateway_api::GatewayApiRouter,
 }
 
 impl Routers {
@@ -210,12 +225,13 @@ impl Routers {
                 image: proxy_image,
                 replicas: router_replicas,
             },
+            gateway_api: gateway_api::GatewayApiRouter,
         }
     }
 
     /// Every router, in the order of [`RouterKind::ALL`].
     pub fn all(&self) -> [&dyn TrafficRouter; RouterKind::ALL.len()] {
-        [&self.istio, &self.sluice]
+        [&self.istio, &self.sluice, &self.gateway_api]
     }
 
     pub fn for_kind(&self, kind: RouterKind) -> &dyn TrafficRouter {
@@ -302,12 +318,25 @@ mod tests {
             Kind::POD_DISRUPTION_BUDGET,
         ];
         let istio = [Kind::VIRTUAL_SERVICE, Kind::DESTINATION_RULE];
-        let all: std::collections::BTreeSet<Kind> = core.into_iter().chain(istio).collect();
-        let without_istio: std::collections::BTreeSet<Kind> = core.into_iter().collect();
+        let gateway = [gateway_api::HTTP_ROUTE];
+        let all: std::collections::BTreeSet<Kind> =
+            core.into_iter().chain(istio).chain(gateway).collect();
+        let without_istio: std::collections::BTreeSet<Kind> =
+            core.into_iter().chain(gateway).collect();
+        let without_gateway: std::collections::BTreeSet<Kind> =
+            core.into_iter().chain(istio).collect();
         // (provider, served, missing)
         let cases = [
             (RouterKind::Istio, &all, vec![]),
             (RouterKind::Sluice, &all, vec![]),
+            (RouterKind::GatewayApiV1, &all, vec![]),
+            (RouterKind::GatewayApiV1, &without_istio, vec![]),
+            (RouterKind::Istio, &without_gateway, vec![]),
+            (
+                RouterKind::GatewayApiV1,
+                &without_gateway,
+                vec![gateway_api::HTTP_ROUTE],
+            ),
             (
                 RouterKind::Istio,
                 &without_istio,
@@ -339,6 +368,11 @@ mod tests {
                 Kind::VIRTUAL_SERVICE,
                 "networking.istio.io/v1beta1",
                 "virtualservices",
+            ),
+            (
+                gateway_api::HTTP_ROUTE,
+                "gateway.networking.k8s.io/v1",
+                "httproutes",
             ),
         ];
         for (kind, api_version, plural) in cases {

@@ -3,6 +3,7 @@
 //!   cargo test --test e2e -- --ignored --test-threads=1
 
 mod catalog;
+mod gateway_api;
 mod plugin;
 mod strategies;
 mod support;

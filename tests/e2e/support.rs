@@ -96,7 +96,7 @@ pub fn fail(ns: &str, message: &str) -> ! {
             "-n",
             ns,
             "get",
-            "deploy,svc,pods,virtualservice,destinationrule",
+            "deploy,svc,pods,virtualservice,destinationrule,httproute",
             "-o",
             "wide",
         ],

@@ -1,0 +1,192 @@
+//! A release with `provider: gatewayapi:v1` on the local cluster, whose API server serves
+//! the Gateway API's standard-channel CRDs (hack/cluster.sh installs them): every
+//! HTTPRoute sluice writes passes their schema and CEL rules, the weights walk up with
+//! the status, an edit by hand is put back, and what the Gateway API cannot express is
+//! refused by the Canary's schema or reported on the Canary, naming the field. No
+//! implementation serves the HTTPRoute here, so the release runs on its gates alone.
+
+use std::time::Duration;
+
+use super::support::*;
+use super::{app_yaml, install_controller, primary_version, status_line};
+
+fn canary_yaml(ns: &str, gateway_refs: &str) -> String {
+    format!(
+        r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: gatewayapi:v1
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service:
+    name: catalog
+    port: 80
+    targetPort: 3000
+    hosts: [catalog.example.com]
+    timeout: 10s
+    backendTimeout: 5s
+    headers: {{response: {{set: {{x-served-by: sluice}}}}}}
+    {gateway_refs}
+  analysis:
+    interval: 2s
+    threshold: 2
+    maxWeight: 50
+    stepWeight: 25
+    sessionAffinity: {{cookieName: catalog-canary, maxAge: 60}}
+"#
+    )
+}
+
+/// `primary canary` weights of the HTTPRoute's weighted rule (the last one).
+fn route_weights(ns: &str) -> Option<String> {
+    let weights = jsonpath(
+        ns,
+        "httproute/catalog",
+        "{range .spec.rules[*]}{.backendRefs[*].weight}{\"\\n\"}{end}",
+    )?;
+    weights.lines().last().map(str::to_string)
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn gateway_api_release_walks_the_http_route() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-gateway");
+    let ns = ns.0.as_str();
+
+    // The Canary's schema refuses a Gateway API release that names no parent.
+    let path = std::env::temp_dir().join(format!("{ns}-no-parent.yaml"));
+    std::fs::write(&path, canary_yaml(ns, "")).expect("write");
+    let err = kubectl(&["apply", "-f", path.to_str().expect("path")])
+        .expect_err("a gatewayapi:v1 Canary without gatewayRefs must be rejected");
+    assert!(err.contains("spec.service.gatewayRefs must name"), "{err}");
+
+    // A Gateway parent and a Service parent (mesh routing).
+    let parents = r#"gatewayRefs: [{name: public, sectionName: http}, {group: "", kind: Service, name: catalog, port: 80}]"#;
+    apply_yaml(ns, &app_yaml(ns, "v1", true));
+    apply_yaml(ns, &canary_yaml(ns, parents));
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    assert_eq!(route_weights(ns).as_deref(), Some("100 0"));
+    assert_eq!(
+        jsonpath(ns, "httproute/catalog", "{.spec.parentRefs[*].kind}").as_deref(),
+        Some("Gateway Service")
+    );
+    assert_eq!(
+        jsonpath(ns, "httproute/catalog", "{.spec.rules[0].timeouts}").as_deref(),
+        Some(r#"{"backendRequest":"5s","request":"10s"}"#)
+    );
+
+    // v2: the HTTPRoute carries each weight the status shows, and a sticky rule for
+    // the canary's session cookie while it takes traffic.
+    must(
+        ns,
+        &["-n", ns, "set", "env", "deploy/catalog", "VERSION=v2"],
+    );
+    let mut seen: Vec<(String, i32)> = vec![];
+    let mut sticky = false;
+    wait_for(
+        ns,
+        "the release to finish",
+        Duration::from_secs(180),
+        || {
+            let line = status_line(ns)?;
+            if seen.last() != Some(&line) {
+                // The route is written before the status.
+                if line.0 == "Progressing" && line.1 > 0 {
+                    let want = format!("{} {}", 100 - line.1, line.1);
+                    let weights = route_weights(ns);
+                    if weights.as_deref() != Some(want.as_str()) {
+                        fail(
+                            ns,
+                            &format!("status weight {} but HTTPRoute weights {weights:?}", line.1),
+                        );
+                    }
+                    let cookie = jsonpath(
+                        ns,
+                        "httproute/catalog",
+                        "{.spec.rules[0].matches[0].headers[0].value}",
+                    );
+                    sticky |= cookie.is_some_and(|v| v.contains("catalog\\-canary="));
+                }
+                seen.push(line.clone());
+            }
+            let started = seen.iter().any(|(p, _)| p == "Progressing");
+            (started && (line.0 == "Succeeded" || line.0 == "Failed")).then_some(())
+        },
+    );
+    assert_eq!(
+        seen.last().map(|s| s.0.as_str()),
+        Some("Succeeded"),
+        "{seen:?}"
+    );
+    for weight in [25, 50] {
+        assert!(
+            seen.contains(&("Progressing".to_string(), weight)),
+            "{seen:?}"
+        );
+    }
+    assert!(
+        sticky,
+        "no sticky cookie rule while the canary took traffic"
+    );
+    assert_eq!(primary_version(ns).as_deref(), Some("v2"));
+    assert_eq!(route_weights(ns).as_deref(), Some("100 0"));
+
+    // An edit by hand is put back.
+    let last = jsonpath(ns, "httproute/catalog", "{.spec.rules}")
+        .map(|r| r.matches("backendRefs").count())
+        .unwrap_or(1);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "httproute/catalog",
+            "--type=json",
+            "-p",
+            &format!(
+                r#"[{{"op":"replace","path":"/spec/rules/{}/backendRefs/1/weight","value":50}}]"#,
+                last - 1
+            ),
+        ],
+    );
+    wait_for(
+        ns,
+        "the HTTPRoute put back",
+        Duration::from_secs(30),
+        || (route_weights(ns).as_deref() == Some("100 0")).then_some(()),
+    );
+
+    // What the Gateway API cannot match on is reported, naming the field, and the
+    // route is left as it was.
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "canary/catalog-release",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"service":{"match":[{"sourceLabels":{"app":"web"}}]}}}"#,
+        ],
+    );
+    let message = wait_for(ns, "a Blocked condition", Duration::from_secs(60), || {
+        jsonpath(
+            ns,
+            "canary/catalog-release",
+            "{.status.conditions[?(@.reason==\"Blocked\")].message}",
+        )
+        .filter(|m| !m.is_empty())
+    });
+    assert!(
+        message.contains("spec.service.match[0].sourceLabels"),
+        "{message}"
+    );
+    assert_eq!(route_weights(ns).as_deref(), Some("100 0"));
+}
