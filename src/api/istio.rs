@@ -108,6 +108,29 @@ pub struct StringMatch {
     pub regex: Option<String>,
 }
 
+/// The one condition a [`StringMatch`] sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringCondition<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+    Regex(&'a str),
+    /// `{}`: the value is present, whatever it is.
+    Present,
+}
+
+impl StringMatch {
+    /// The condition set, or `None` when more than one of the three is.
+    pub fn condition(&self) -> Option<StringCondition<'_>> {
+        match (&self.exact, &self.prefix, &self.regex) {
+            (Some(v), None, None) => Some(StringCondition::Exact(v)),
+            (None, Some(v), None) => Some(StringCondition::Prefix(v)),
+            (None, None, Some(v)) => Some(StringCondition::Regex(v)),
+            (None, None, None) => Some(StringCondition::Present),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteDestination {

@@ -66,15 +66,10 @@ impl StringMatcher {
         m: &crate::api::istio::StringMatch,
         ignore_case: bool,
     ) -> Result<Self, Error> {
-        let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
-            .iter()
-            .filter(|s| **s)
-            .count();
-        if set > 1 {
-            return Err(Error::AmbiguousStringMatch {
-                field: field.into(),
-            });
-        }
+        use crate::api::istio::StringCondition;
+        let condition = m.condition().ok_or_else(|| Error::AmbiguousStringMatch {
+            field: field.into(),
+        })?;
         let fold = |s: &str| {
             if ignore_case {
                 s.to_lowercase()
@@ -82,21 +77,20 @@ impl StringMatcher {
                 s.to_string()
             }
         };
-        Ok(if let Some(e) = &m.exact {
-            StringMatcher::Exact(fold(e))
-        } else if let Some(p) = &m.prefix {
-            StringMatcher::Prefix(fold(p))
-        } else if let Some(r) = &m.regex {
-            let flags = if ignore_case { "(?i)" } else { "" };
-            let anchored = format!("{flags}^(?:{r})$");
-            let regex = Regex::new(&anchored).map_err(|e| Error::Regex {
-                field: field.into(),
-                pattern: r.clone(),
-                reason: e.to_string(),
-            })?;
-            StringMatcher::Regex(regex)
-        } else {
-            StringMatcher::Present
+        Ok(match condition {
+            StringCondition::Exact(e) => StringMatcher::Exact(fold(e)),
+            StringCondition::Prefix(p) => StringMatcher::Prefix(fold(p)),
+            StringCondition::Regex(r) => {
+                let flags = if ignore_case { "(?i)" } else { "" };
+                let anchored = format!("{flags}^(?:{r})$");
+                let regex = Regex::new(&anchored).map_err(|e| Error::Regex {
+                    field: field.into(),
+                    pattern: r.to_string(),
+                    reason: e.to_string(),
+                })?;
+                StringMatcher::Regex(regex)
+            }
+            StringCondition::Present => StringMatcher::Present,
         })
     }
 

@@ -19,7 +19,7 @@ use crate::api::gateway::{
     HttpRouteMatch, HttpRouteRule, HttpRouteSpec, HttpRouteTimeouts, HttpUrlRewriteFilter,
     HttpValueMatch, ParentReference, GROUP,
 };
-use crate::api::istio::{HeaderOperations, HttpMatchRequest, StringMatch};
+use crate::api::istio::{HeaderOperations, HttpMatchRequest, StringCondition, StringMatch};
 use crate::api::{Canary, RouterKind};
 use crate::duration;
 use crate::rollout::{Routes, Weights};
@@ -258,13 +258,11 @@ fn route_match(field: &str, m: &HttpMatchRequest) -> Result<HttpRouteMatch, Erro
         .as_ref()
         .map(|uri| path_match(&format!("{field}.uri"), uri))
         .transpose()?;
-    let method = match &m.method {
+    let method = match m.method.as_ref().map(StringMatch::condition) {
         None => None,
-        Some(StringMatch {
-            exact: Some(method),
-            prefix: None,
-            regex: None,
-        }) if METHODS.contains(&method.as_str()) => Some(method.clone()),
+        Some(Some(StringCondition::Exact(method))) if METHODS.contains(&method) => {
+            Some(method.to_string())
+        }
         Some(_) => {
             return Err(invalid(
                 format!("{field}.method"),
@@ -289,58 +287,32 @@ fn route_match(field: &str, m: &HttpMatchRequest) -> Result<HttpRouteMatch, Erro
 }
 
 fn path_match(field: &str, uri: &StringMatch) -> Result<HttpPathMatch, Error> {
-    let (match_type, value) = match uri {
-        StringMatch {
-            exact: Some(v),
-            prefix: None,
-            regex: None,
-        } => (EXACT, v),
-        StringMatch {
-            exact: None,
-            prefix: Some(v),
-            regex: None,
-        } => (PATH_PREFIX, v),
-        StringMatch {
-            exact: None,
-            prefix: None,
-            regex: Some(v),
-        } => (REGEX, v),
-        _ => return Err(invalid(field, "set exactly one of exact, prefix and regex")),
+    let (match_type, value) = match uri.condition() {
+        Some(StringCondition::Exact(v)) => (EXACT, v),
+        Some(StringCondition::Prefix(v)) => (PATH_PREFIX, v),
+        Some(StringCondition::Regex(v)) => (REGEX, v),
+        Some(StringCondition::Present) | None => {
+            return Err(invalid(field, "set exactly one of exact, prefix and regex"))
+        }
     };
     if match_type != REGEX && !value.starts_with('/') {
         return Err(invalid(field, "a path must start with /"));
     }
     Ok(HttpPathMatch {
         match_type: match_type.into(),
-        value: value.clone(),
+        value: value.into(),
     })
 }
 
 /// A header or query parameter condition: a prefix, or presence (`{}`), becomes a
 /// regular expression, which the Gateway API has where Istio has prefixes.
 fn value_match(field: &str, name: &str, m: &StringMatch) -> Result<HttpValueMatch, Error> {
-    let (match_type, value) = match m {
-        StringMatch {
-            exact: Some(v),
-            prefix: None,
-            regex: None,
-        } => (EXACT, v.clone()),
-        StringMatch {
-            exact: None,
-            prefix: Some(p),
-            regex: None,
-        } => (REGEX, format!("^{}.*", regex::escape(p))),
-        StringMatch {
-            exact: None,
-            prefix: None,
-            regex: Some(r),
-        } => (REGEX, r.clone()),
-        StringMatch {
-            exact: None,
-            prefix: None,
-            regex: None,
-        } => (REGEX, ".*".into()),
-        _ => return Err(invalid(field, "set at most one of exact, prefix and regex")),
+    let (match_type, value) = match m.condition() {
+        Some(StringCondition::Exact(v)) => (EXACT, v.to_string()),
+        Some(StringCondition::Prefix(p)) => (REGEX, format!("^{}.*", regex::escape(p))),
+        Some(StringCondition::Regex(r)) => (REGEX, r.to_string()),
+        Some(StringCondition::Present) => (REGEX, ".*".into()),
+        None => return Err(invalid(field, "set at most one of exact, prefix and regex")),
     };
     Ok(HttpValueMatch {
         match_type: match_type.into(),
