@@ -198,21 +198,12 @@ pub fn parse_prometheus(text: &str) -> Result<Duration, DurationError> {
     if text.starts_with('-') {
         return Err(bad(Problem::Negative));
     }
-    let mut rest = text;
     let mut total_ms: u64 = 0;
     // Size of the previous unit; the next must be strictly smaller.
     let mut previous_unit_ms = u64::MAX;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad(Problem::ExpectedNumber));
-        }
-        let number: u64 = rest[..digits].parse().map_err(|_| bad(Problem::TooLong))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (unit, after) = rest.split_at(unit_len);
+    for group in unit_groups(text) {
+        let (number, unit) = group.map_err(bad)?;
+        let number: u64 = number.parse().map_err(|_| bad(Problem::TooLong))?;
         let unit_ms = match PROMETHEUS_UNITS.iter().find(|(name, _)| *name == unit) {
             Some((_, unit_ms)) => *unit_ms,
             None if unit.is_empty() => return Err(bad(Problem::MissingUnit)),
@@ -222,7 +213,6 @@ pub fn parse_prometheus(text: &str) -> Result<Duration, DurationError> {
             return Err(bad(Problem::UnitOrder));
         }
         previous_unit_ms = unit_ms;
-        rest = after;
         total_ms = number
             .checked_mul(unit_ms)
             .and_then(|ms| ms.checked_add(total_ms))
@@ -245,24 +235,13 @@ pub fn parse_gateway_api(text: &str) -> Result<Duration, DurationError> {
     if text.starts_with('-') {
         return Err(bad(Problem::Negative));
     }
-    let mut rest = text;
     let mut total_ms: u64 = 0;
-    let mut groups = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(bad(Problem::ExpectedNumber));
-        }
-        groups += 1;
-        if digits > 5 || groups > 4 {
+    for (i, group) in unit_groups(text).enumerate() {
+        let (number, unit) = group.map_err(bad)?;
+        if number.len() > 5 || i >= 4 {
             return Err(bad(Problem::TooLong));
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| bad(Problem::TooLong))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let (unit, after) = rest.split_at(unit_len);
+        let number: u64 = number.parse().map_err(|_| bad(Problem::TooLong))?;
         let unit_ms = match unit {
             "h" => 3_600_000,
             "m" => 60_000,
@@ -271,10 +250,32 @@ pub fn parse_gateway_api(text: &str) -> Result<Duration, DurationError> {
             "" => return Err(bad(Problem::MissingUnit)),
             other => return Err(bad(Problem::UnknownUnit(other.to_string()))),
         };
-        rest = after;
         total_ms += number * unit_ms;
     }
     Ok(Duration::from_millis(total_ms))
+}
+
+/// The `<digits><unit>` groups of `text`, in order, as the Prometheus and Gateway API
+/// grammars write them; the unit is everything up to the next digit.
+fn unit_groups(text: &str) -> impl Iterator<Item = Result<(&str, &str), Problem>> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            rest = "";
+            return Some(Err(Problem::ExpectedNumber));
+        }
+        let (number, after) = rest.split_at(digits);
+        let unit_len = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        rest = after;
+        Some(Ok((number, unit)))
+    })
 }
 
 /// `parse(text)`, rejecting zero: a timeout or window of nothing would fail every call
