@@ -1,6 +1,6 @@
-//! The subset of the Gateway API (`gateway.networking.k8s.io/v1`) that sluice writes: the
-//! HTTPRoute, and the references a Canary names in `service.gatewayRefs` and
-//! `service.mirror`. Field names follow the Gateway API's JSON form; unknown fields are
+//! The subset of the Gateway API (`gateway.networking.k8s.io/v1`) that sluice writes and
+//! sluice-proxy enforces: the HTTPRoute, and the references a Canary names in
+//! `service.gatewayRefs` and `service.mirror`. Field names follow the Gateway API's JSON form; unknown fields are
 //! ignored on read.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -129,7 +129,8 @@ pub struct HttpRouteMatch {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpPathMatch {
-    #[serde(rename = "type")]
+    /// Empty where the API server's default is left out (file mode).
+    #[serde(rename = "type", default)]
     pub match_type: String,
     pub value: String,
 }
@@ -138,7 +139,8 @@ pub struct HttpPathMatch {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpValueMatch {
-    #[serde(rename = "type")]
+    /// Empty where the API server's default is left out (file mode).
+    #[serde(rename = "type", default)]
     pub match_type: String,
     pub name: String,
     pub value: String,
@@ -160,6 +162,25 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<HttpUrlRewriteFilter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<HttpCorsFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<HttpRequestRedirectFilter>,
+}
+
+/// Answers with a redirect; each part left out keeps the request's.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestRedirectFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<HttpPathModifier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+    /// 301 or 302 (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]

@@ -23,6 +23,10 @@ struct Args {
     /// sluice-router pods in each namespace with provider sluice Canaries.
     #[arg(long, env = "SLUICE_ROUTER_REPLICAS", default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
     router_replicas: i32,
+    /// A mesh (Istio, Linkerd) implements HTTPRoutes whose parent is a Service: do not
+    /// deploy sluice-router for them.
+    #[arg(long, env = "SLUICE_GAMMA_BY_MESH")]
+    gamma_by_mesh: bool,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -82,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics_server: args.metrics_server,
                 proxy_image: args.proxy_image,
                 router_replicas: args.router_replicas,
+                gamma_by_mesh: args.gamma_by_mesh,
             },
             listen: args.listen,
             lease_namespace: args.lease_namespace.filter(|s| !s.is_empty()),

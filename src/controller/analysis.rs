@@ -32,8 +32,9 @@ pub enum BuiltinSource {
 pub fn builtin_source(
     metrics_server: Option<String>,
     router: &dyn TrafficRouter,
+    canary: &Canary,
 ) -> Result<BuiltinSource, analysis::Error> {
-    match (metrics_server, router.metrics_pods()) {
+    match (metrics_server, router.metrics_pods(canary)) {
         (Some(address), _) => Ok(BuiltinSource::Prometheus(address)),
         (None, Some(pods)) => Ok(BuiltinSource::Scrape(pods)),
         (None, None) => Err(analysis::Error::BadConfig {
@@ -82,7 +83,8 @@ impl Analysis {
     /// Records a sample of the router metrics when the built-in scrape serves this
     /// Canary, so that the next check has a window to measure over.
     pub async fn sample(&self, canary: &Canary, router: &dyn TrafficRouter) {
-        let Ok(BuiltinSource::Scrape(pods)) = builtin_source(self.metrics_server(canary), router)
+        let Ok(BuiltinSource::Scrape(pods)) =
+            builtin_source(self.metrics_server(canary), router, canary)
         else {
             return;
         };
@@ -132,13 +134,13 @@ impl Analysis {
         match &check.source {
             MetricSource::Builtin(metric) => {
                 let query = BuiltinQuery {
-                    reporter: router.reporter(),
+                    reporter: router.reporter(canary),
                     metric: *metric,
                     namespace: ns,
                     workload: canary.spec.target_ref.name.clone(),
                     interval: check.interval,
                 };
-                match builtin_source(self.metrics_server(canary), router)? {
+                match builtin_source(self.metrics_server(canary), router, canary)? {
                     BuiltinSource::Prometheus(address) => {
                         self.prometheus_for(&address)?
                             .query(&MetricQuery::Builtin(query))
@@ -292,7 +294,17 @@ mod tests {
     #[test]
     fn built_in_metrics_come_from_prometheus_else_from_a_scrapeable_router() {
         let routers = Routers::new("img".into(), 1);
-        let sluice_pods = routers.for_kind(RouterKind::Sluice).metrics_pods().unwrap();
+        let canary = |refs: &str| -> Canary {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: c, namespace: shop}}\nspec: {{targetRef: {{kind: Deployment, name: app}}, service: {{port: 80{refs}}}, analysis: {{stepWeight: 10}}}}"
+            ))
+            .unwrap()
+        };
+        let plain = canary("");
+        let sluice_pods = routers
+            .for_kind(RouterKind::Sluice)
+            .metrics_pods(&plain)
+            .unwrap();
         let prom = |a: &str| Some(BuiltinSource::Prometheus(a.into()));
         // (router, spec.metricsServer, --metrics-server, source; None is an error)
         let cases = [
@@ -338,7 +350,7 @@ mod tests {
         ];
         for (kind, spec, default, want) in cases {
             let router = routers.for_kind(kind);
-            let got = builtin_source(metrics_server_of(spec, default), router);
+            let got = builtin_source(metrics_server_of(spec, default), router, &plain);
             match want {
                 Some(want) => assert_eq!(got.unwrap(), want, "{kind:?} {spec:?} {default:?}"),
                 None => {
@@ -347,5 +359,19 @@ mod tests {
                 }
             }
         }
+        // Gateway API: sluice-router serves a Service parent and is scraped; a Gateway's
+        // implementation is not.
+        let gateway_api = routers.for_kind(RouterKind::GatewayApiV1);
+        let mesh = canary(", gatewayRefs: [{kind: Service, name: app}]");
+        assert_eq!(
+            builtin_source(None, gateway_api, &mesh).unwrap(),
+            BuiltinSource::Scrape(sluice_pods)
+        );
+        let edge = canary(", gatewayRefs: [{name: public, namespace: edge}]");
+        let err = builtin_source(None, gateway_api, &edge).unwrap_err();
+        assert!(
+            err.to_string().contains("gatewayapi:v1 need a Prometheus"),
+            "{err}"
+        );
     }
 }

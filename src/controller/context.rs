@@ -26,6 +26,9 @@ pub struct Config {
     pub proxy_image: String,
     /// sluice-router pods per namespace.
     pub router_replicas: i32,
+    /// A mesh implements HTTPRoutes with Service parents (GAMMA): sluice-router is not
+    /// deployed for `gatewayapi:v1` Canaries.
+    pub gamma_by_mesh: bool,
 }
 
 /// Caches of the objects the controller reads, filled by watches.

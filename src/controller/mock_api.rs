@@ -112,6 +112,7 @@ pub fn context(client: Client, routed: Vec<DynamicObject>) -> Context {
             metrics_server: None,
             proxy_image: "sluice-proxy:test".into(),
             router_replicas: 2,
+            gamma_by_mesh: false,
         },
         analysis: Analysis::new(client, None).unwrap(),
         routers,

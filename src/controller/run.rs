@@ -230,10 +230,13 @@ async fn run_watches(
     let (services, svc_stream) = cached::<Service>(&client, &managed);
     // All autoscalers: the targets' own are read to make the primary's copy.
     let (autoscalers, hpa_stream) = cached::<HorizontalPodAutoscaler>(&client, &wc);
-    let routers = crate::router::Routers::new(
+    let mut routers = crate::router::Routers::new(
         options.config.proxy_image.clone(),
         options.config.router_replicas,
     );
+    if options.config.gamma_by_mesh {
+        routers.gateway_api.service_parents = None;
+    }
     let watched = routers.watched();
     let mut kinds: Vec<Kind> = watched.iter().map(|w| w.kind).collect();
     kinds.dedup();

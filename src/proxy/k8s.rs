@@ -16,13 +16,14 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta as KubeMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+use crate::api::gateway::{HTTPRoute, HttpRouteSpec};
 use crate::api::istio::{DestinationRule, DestinationRuleSpec, VirtualService, VirtualServiceSpec};
 use crate::proxy::config::{self, CallerEntry, ConfigFile, EndpointEntry, Object, ObjectMeta};
 use crate::proxy::Proxy;
@@ -47,6 +48,7 @@ pub enum Error {
 pub struct ClusterState {
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub destination_rules: Vec<Arc<DestinationRule>>,
+    pub http_routes: Vec<Arc<HTTPRoute>>,
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     pub pods: Vec<Arc<Pod>>,
 }
@@ -56,6 +58,7 @@ pub fn config_from_cluster(namespace: &str, state: &ClusterState) -> ConfigFile 
     let meta = |m: &kube::api::ObjectMeta| ObjectMeta {
         name: m.name.clone().unwrap_or_default(),
         namespace: m.namespace.clone().or_else(|| Some(namespace.to_string())),
+        creation_timestamp: m.creation_timestamp.as_ref().map(|t| t.0.to_string()),
     };
     let virtual_services = state
         .virtual_services
@@ -75,6 +78,16 @@ pub fn config_from_cluster(namespace: &str, state: &ClusterState) -> ConfigFile 
             kind: Some("DestinationRule".into()),
             metadata: meta(&dr.metadata),
             spec: dr.spec.clone(),
+        })
+        .collect();
+    let http_routes = state
+        .http_routes
+        .iter()
+        .map(|route| Object {
+            api_version: Some("gateway.networking.k8s.io/v1".into()),
+            kind: Some("HTTPRoute".into()),
+            metadata: meta(&route.metadata),
+            spec: route.spec.clone(),
         })
         .collect();
     let pods: HashMap<&str, &Pod> = state
@@ -151,6 +164,7 @@ pub fn config_from_cluster(namespace: &str, state: &ClusterState) -> ConfigFile 
         namespace: Some(namespace.to_string()),
         virtual_services,
         destination_rules,
+        http_routes,
         endpoints,
         callers: state.pods.iter().flat_map(|p| callers_of(p)).collect(),
     }
@@ -219,7 +233,7 @@ pub fn strip_pod(pod: &mut Pod) {
 /// An object left out of the update because it is invalid.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rejected {
-    /// `VirtualService` or `DestinationRule`.
+    /// `VirtualService`, `DestinationRule` or `HTTPRoute`.
     pub kind: &'static str,
     pub namespace: String,
     pub name: String,
@@ -235,6 +249,7 @@ pub struct Rejected {
 pub struct LastGood {
     virtual_services: HashMap<(String, String), Object<VirtualServiceSpec>>,
     destination_rules: HashMap<(String, String), Object<DestinationRuleSpec>>,
+    http_routes: HashMap<(String, String), Object<HttpRouteSpec>>,
 }
 
 /// Replaces each invalid VirtualService/DestinationRule in `file` by its last valid
@@ -257,6 +272,14 @@ pub fn keep_valid(file: &mut ConfigFile, last_good: &mut LastGood) -> Vec<Reject
         &mut last_good.destination_rules,
         &default_ns,
         config::check_destination_rule,
+        &mut rejected,
+    );
+    keep_valid_objects(
+        "HTTPRoute",
+        &mut file.http_routes,
+        &mut last_good.http_routes,
+        &default_ns,
+        config::check_http_route,
         &mut rejected,
     );
     rejected
@@ -339,7 +362,13 @@ pub fn warning_event(
         action: Some("Validate".into()),
         note: Some(truncate(&format!("{}; {kept}", rejected.message), 1024)),
         regarding: Some(ObjectReference {
-            api_version: Some("networking.istio.io/v1beta1".into()),
+            api_version: Some(
+                match rejected.kind {
+                    "HTTPRoute" => "gateway.networking.k8s.io/v1",
+                    _ => "networking.istio.io/v1beta1",
+                }
+                .into(),
+            ),
             kind: Some(rejected.kind.into()),
             name: Some(rejected.name.clone()),
             namespace: Some(rejected.namespace.clone()),
@@ -410,11 +439,169 @@ fn object_meta<'a>(state: &'a ClusterState, r: &Rejected) -> Option<&'a kube::ap
             .iter()
             .map(|o| &o.metadata)
             .find(|m| matches(m)),
+        "HTTPRoute" => state
+            .http_routes
+            .iter()
+            .map(|o| &o.metadata)
+            .find(|m| matches(m)),
         _ => state
             .destination_rules
             .iter()
             .map(|o| &o.metadata)
             .find(|m| matches(m)),
+    }
+}
+
+// === HTTPRoute status ===
+
+/// The `controllerName` sluice-proxy writes in the HTTPRoutes it serves.
+pub const GATEWAY_CONTROLLER_NAME: &str = "sluice.dev/sluice-proxy";
+
+/// A backend the proxy cannot send to, as the Gateway API's ResolvedRefs reason says it.
+fn unresolved_backend(
+    namespace: &str,
+    backend: &crate::api::gateway::HttpBackendRef,
+    services: &HashSet<String>,
+) -> Option<(&'static str, String)> {
+    let group_ok = matches!(backend.group.as_deref(), None | Some("") | Some("core"));
+    if !group_ok || backend.kind.as_deref().is_some_and(|k| k != "Service") {
+        return Some((
+            "InvalidKind",
+            format!("backend {} is not a Service", backend.name),
+        ));
+    }
+    if backend
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| ns != namespace)
+    {
+        return Some((
+            "RefNotPermitted",
+            format!(
+                "backend {} is in another namespace; sluice-proxy serves its own",
+                backend.name
+            ),
+        ));
+    }
+    let fqdn = crate::proxy::routes::qualify_host(&backend.name, namespace);
+    (!services.contains(&fqdn)).then(|| {
+        (
+            "BackendNotFound",
+            format!("Service {} has no EndpointSlice", backend.name),
+        )
+    })
+}
+
+/// The route's `status.parents` once this proxy has judged it: entries of other
+/// controllers are kept, one entry per Service parent in `namespace` is this proxy's.
+/// None when that is what the route already says. A condition keeps its
+/// `lastTransitionTime` while its status stays the same (pure).
+pub fn route_parent_statuses(
+    route: &HTTPRoute,
+    namespace: &str,
+    rejected: Option<&str>,
+    services: &HashSet<String>,
+    now: Timestamp,
+) -> Option<Vec<crate::api::gateway::RouteParentStatus>> {
+    use crate::api::gateway::RouteParentStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    let parents = config::service_parents(namespace, &route.spec);
+    let live: Vec<RouteParentStatus> = route
+        .status
+        .as_ref()
+        .map(|s| s.parents.clone())
+        .unwrap_or_default();
+    let generation = route.metadata.generation;
+    let unresolved = route
+        .spec
+        .rules
+        .iter()
+        .flat_map(|r| &r.backend_refs)
+        .find_map(|b| unresolved_backend(namespace, b, services));
+    let mut desired: Vec<RouteParentStatus> = live
+        .iter()
+        .filter(|p| p.controller_name != GATEWAY_CONTROLLER_NAME)
+        .cloned()
+        .collect();
+    for (index, _) in &parents {
+        let parent_ref = route.spec.parent_refs[*index].clone();
+        let previous = live
+            .iter()
+            .find(|p| p.controller_name == GATEWAY_CONTROLLER_NAME && p.parent_ref == parent_ref);
+        let condition = |type_: &str, ok: bool, reason: &str, message: &str| {
+            let status = if ok { "True" } else { "False" };
+            let since = previous
+                .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+                .filter(|c| c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(now));
+            Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: reason.into(),
+                message: message.into(),
+                observed_generation: generation,
+                last_transition_time: since,
+            }
+        };
+        let accepted = match rejected {
+            None => condition("Accepted", true, "Accepted", "served by sluice-proxy"),
+            Some(message) => condition("Accepted", false, "UnsupportedValue", message),
+        };
+        let resolved = match &unresolved {
+            None => condition(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "every backend resolved",
+            ),
+            Some((reason, message)) => condition("ResolvedRefs", false, reason, message),
+        };
+        desired.push(RouteParentStatus {
+            parent_ref,
+            controller_name: GATEWAY_CONTROLLER_NAME.into(),
+            conditions: vec![accepted, resolved],
+        });
+    }
+    (desired != live).then_some(desired)
+}
+
+/// Writes what changed in the status of the HTTPRoutes this proxy serves. A failed write
+/// is retried at the next rebuild; the content is the same from every replica.
+async fn write_route_statuses(
+    api: &Api<HTTPRoute>,
+    namespace: &str,
+    state: &ClusterState,
+    rejected: &[Rejected],
+) {
+    let services: HashSet<String> = state
+        .endpoint_slices
+        .iter()
+        .filter_map(|s| {
+            let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+            let ns = s.metadata.namespace.as_deref().unwrap_or(namespace);
+            Some(crate::proxy::routes::qualify_host(name, ns))
+        })
+        .collect();
+    for route in &state.http_routes {
+        let name = route.metadata.name.clone().unwrap_or_default();
+        let message = rejected
+            .iter()
+            .find(|r| r.kind == "HTTPRoute" && r.name == name)
+            .map(|r| r.message.as_str());
+        let Some(parents) =
+            route_parent_statuses(route, namespace, message, &services, Timestamp::now())
+        else {
+            continue;
+        };
+        let patch = serde_json::json!({ "status": { "parents": parents } });
+        if let Err(error) = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            tracing::warn!(%error, route = %name, "cannot write the HTTPRoute's status");
+        }
     }
 }
 
@@ -479,6 +666,21 @@ pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result
         s.metadata.managed_fields = None;
     });
     let pods = spawn_reflector::<Pod>(&proxy, &client, &namespace, &changed, strip_pod);
+    // HTTPRoutes only where the Gateway API is installed and the proxy may read them.
+    let route_api = Api::<HTTPRoute>::namespaced(client.clone(), &namespace);
+    let routes = match route_api.list(&ListParams::default().limit(1)).await {
+        Ok(_) => Some(spawn_reflector::<HTTPRoute>(
+            &proxy,
+            &client,
+            &namespace,
+            &changed,
+            |r| r.metadata.managed_fields = None,
+        )),
+        Err(error) => {
+            tracing::info!(%error, "HTTPRoutes are not read: the Gateway API is not served here or not readable");
+            None
+        }
+    };
     for ready in [
         vs.wait_until_ready().await,
         dr.wait_until_ready().await,
@@ -486,6 +688,12 @@ pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result
         pods.wait_until_ready().await,
     ] {
         ready.map_err(|_| Error::StoreDropped)?;
+    }
+    if let Some(routes) = &routes {
+        routes
+            .wait_until_ready()
+            .await
+            .map_err(|_| Error::StoreDropped)?;
     }
     tracing::info!(%namespace, "kubernetes stores ready");
     let events = Api::<Event>::namespaced(client.clone(), &namespace);
@@ -500,6 +708,7 @@ pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result
         let state = ClusterState {
             virtual_services: vs.state(),
             destination_rules: dr.state(),
+            http_routes: routes.as_ref().map(Store::state).unwrap_or_default(),
             endpoint_slices: slices.state(),
             pods: pods.state(),
         };
@@ -551,6 +760,7 @@ pub async fn run(proxy: Arc<Proxy>, client: Client, namespace: String) -> Result
                 tracing::error!(%error, "cluster configuration rejected; keeping the last good one")
             }
         }
+        write_route_statuses(&route_api, &namespace, &state, &rejected).await;
         changed.notified().await;
     }
 }
@@ -563,6 +773,98 @@ mod tests {
 
     fn yaml<T: DeserializeOwned>(text: &str) -> Arc<T> {
         Arc::new(serde_yaml::from_str(text).unwrap())
+    }
+
+    #[test]
+    fn served_routes_get_their_conditions_and_others_keep_theirs() {
+        let route = |extra: &str| -> HTTPRoute {
+            serde_yaml::from_str(&format!(
+                r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews, namespace: shop, generation: 3}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: reviews}}, {{name: public}}]
+  rules: [{{backendRefs: [{{name: reviews-primary, port: 80}}, {{name: reviews-canary, port: 80}}]}}]
+{extra}"#
+            ))
+            .unwrap()
+        };
+        let services: HashSet<String> = ["reviews-primary", "reviews-canary"]
+            .iter()
+            .map(|s| format!("{s}.shop.svc.cluster.local"))
+            .collect();
+        let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+        let t1 = Timestamp::from_second(1_800_000_100).unwrap();
+        let fresh = route("");
+        let parents = route_parent_statuses(&fresh, "shop", None, &services, t0).unwrap();
+        assert_eq!(parents.len(), 1, "only the Service parent is ours");
+        assert_eq!(parents[0].parent_ref.name, "reviews");
+        assert_eq!(parents[0].controller_name, GATEWAY_CONTROLLER_NAME);
+        let summary = |p: &crate::api::gateway::RouteParentStatus| -> Vec<(String, String, String, Option<i64>)> {
+            p.conditions
+                .iter()
+                .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.observed_generation))
+                .collect()
+        };
+        let accepted = |status: &str, reason: &str| {
+            (
+                "Accepted".to_string(),
+                status.to_string(),
+                reason.to_string(),
+                Some(3),
+            )
+        };
+        let resolved = |status: &str, reason: &str| {
+            (
+                "ResolvedRefs".to_string(),
+                status.to_string(),
+                reason.to_string(),
+                Some(3),
+            )
+        };
+        assert_eq!(
+            summary(&parents[0]),
+            [
+                accepted("True", "Accepted"),
+                resolved("True", "ResolvedRefs")
+            ]
+        );
+
+        // Written back, nothing changes; another controller's entry stays.
+        let mut written = fresh.clone();
+        let other = crate::api::gateway::RouteParentStatus {
+            parent_ref: written.spec.parent_refs[1].clone(),
+            controller_name: "example.com/gateway".into(),
+            conditions: vec![],
+        };
+        written.status = Some(crate::api::gateway::HttpRouteStatus {
+            parents: vec![other.clone(), parents[0].clone()],
+        });
+        assert!(route_parent_statuses(&written, "shop", None, &services, t1).is_none());
+
+        // Rejected, and a backend gone: both conditions turn False at t1, others kept.
+        let fewer: HashSet<String> = services.iter().take(0).cloned().collect();
+        let changed =
+            route_parent_statuses(&written, "shop", Some("bad field"), &fewer, t1).unwrap();
+        assert_eq!(changed[0], other);
+        assert_eq!(
+            summary(&changed[1]),
+            [
+                accepted("False", "UnsupportedValue"),
+                resolved("False", "BackendNotFound")
+            ]
+        );
+        assert!(changed[1]
+            .conditions
+            .iter()
+            .all(|c| c.last_transition_time.0 == t1));
+        assert_eq!(changed[1].conditions[0].message, "bad field");
+
+        // A route with only a Gateway parent is not ours.
+        let mut edge = fresh.clone();
+        edge.spec.parent_refs.remove(0);
+        assert!(route_parent_statuses(&edge, "shop", None, &services, t0).is_none());
     }
 
     #[test]
@@ -666,6 +968,7 @@ metadata:
 "#,
                 ),
             ],
+            ..Default::default()
         };
         let file = config_from_cluster("istioinaction", &state);
         let summary: Vec<(String, Option<String>, Option<String>)> = file

@@ -52,6 +52,9 @@ impl Error {
 pub enum StringMatcher {
     Exact(String),
     Prefix(String),
+    /// The Gateway API's `PathPrefix`: whole path elements (`/foo` matches `/foo` and
+    /// `/foo/bar`, not `/foobar`). Held without a trailing `/`; empty matches every path.
+    PathPrefix(String),
     /// RE2 semantics: the pattern must match the whole value (compiled anchored).
     Regex(Regex),
     /// `{}`: the value is present, whatever it is.
@@ -100,6 +103,9 @@ impl StringMatcher {
             StringMatcher::Exact(e) => value == e,
             StringMatcher::Prefix(p) if ignore_case => value.to_lowercase().starts_with(p.as_str()),
             StringMatcher::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatcher::PathPrefix(p) => value
+                .strip_prefix(p.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
             StringMatcher::Regex(r) => r.is_match(value),
             StringMatcher::Present => true,
         }
@@ -110,6 +116,7 @@ impl StringMatcher {
         match self {
             StringMatcher::Exact(e) => format!("exact:{e}"),
             StringMatcher::Prefix(p) => format!("prefix:{p}"),
+            StringMatcher::PathPrefix(p) => format!("path_prefix:{p}/"),
             StringMatcher::Regex(r) => format!("regex:{}", r.as_str()),
             StringMatcher::Present => "present".into(),
         }
@@ -361,25 +368,34 @@ impl WeightedDestinations {
         self.total
     }
 
-    /// `draw` is uniform in [0, total); values beyond wrap around.
-    pub fn pick(&self, draw: u64) -> &RouteDestination {
-        let mut point = draw % self.total;
+    /// None at all: only for a route that answers by itself ([`Route::reply`]).
+    pub fn none() -> Self {
+        WeightedDestinations {
+            entries: Vec::new(),
+            total: 0,
+        }
+    }
+
+    /// `draw` is uniform in [0, total); values beyond wrap around. None only for
+    /// [`WeightedDestinations::none`].
+    pub fn pick(&self, draw: u64) -> Option<&RouteDestination> {
+        let mut point = draw % self.total.max(1);
         for (dest, weight) in &self.entries {
             let w = u64::from(*weight);
             if point < w {
-                return dest;
+                return Some(dest);
             }
             point -= w;
         }
-        // Unreachable because total > 0 and point < total; the first entry is a safe answer.
-        &self.entries[0].0
+        // Reached only without entries: point < total otherwise.
+        self.entries.first().map(|(d, _)| d)
     }
 
     /// Each destination with its share in [0, 1].
     pub fn shares(&self) -> impl Iterator<Item = (&RouteDestination, f64)> {
         self.entries
             .iter()
-            .map(move |(d, w)| (d, f64::from(*w) / self.total as f64))
+            .map(move |(d, w)| (d, f64::from(*w) / self.total.max(1) as f64))
     }
 }
 
@@ -403,6 +419,84 @@ pub struct Rewrite {
     /// Replaces the part of the path the route's uri prefix matched (or the whole path).
     pub uri: Option<String>,
     pub authority: Option<String>,
+    /// `uri` replaces the whole path even where a prefix matched (the Gateway API's
+    /// `ReplaceFullPath`).
+    pub full_path: bool,
+}
+
+/// An answer the proxy gives itself instead of forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalReply {
+    /// A bare status: the Gateway API's answer for a rule without usable backends.
+    Status(u16),
+    Redirect(Redirect),
+}
+
+/// The Gateway API's `RequestRedirect`: each part unset keeps the request's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    /// The new path, replacing a matched prefix unless `full_path`.
+    pub path: Option<String>,
+    pub full_path: bool,
+    pub port: Option<u16>,
+    pub status: u16,
+}
+
+impl Redirect {
+    /// The `Location` for a request. Without a port of its own, a new scheme gets its
+    /// well-known port and keeps none; otherwise the request's port is kept. Ports 80 for
+    /// http and 443 for https are not written, as the Gateway API asks.
+    pub fn location(&self, req: &RequestView<'_>, matched: Option<&StringMatcher>) -> String {
+        let scheme = self.scheme.as_deref().unwrap_or(req.scheme);
+        let host = match &self.hostname {
+            Some(h) => h.clone(),
+            None => host_without_port(req.authority),
+        };
+        let port = self.port.or_else(|| match self.scheme {
+            Some(_) => None,
+            None => authority_port(req.authority),
+        });
+        let port = port
+            .filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)))
+            .map(|p| format!(":{p}"))
+            .unwrap_or_default();
+        let path = match &self.path {
+            Some(new) => replace_path(new, self.full_path, matched, req.path),
+            None => req.path.to_string(),
+        };
+        let query = req.query.map(|q| format!("?{q}")).unwrap_or_default();
+        format!("{scheme}://{host}{port}{path}{query}")
+    }
+}
+
+/// `path` with `new` in place of what `matched` matched (a prefix), or in place of all of
+/// it when `full_path` or when the match was not a prefix.
+fn replace_path(new: &str, full_path: bool, matched: Option<&StringMatcher>, path: &str) -> String {
+    if full_path {
+        return new.to_string();
+    }
+    match matched {
+        // `get` rather than slicing: with ignoreUriCase the matched prefix was
+        // lower-cased, and its byte length need not fall on a char boundary of `path`.
+        Some(StringMatcher::Prefix(p)) => {
+            format!("{new}{}", path.get(p.len()..).unwrap_or_default())
+        }
+        Some(StringMatcher::PathPrefix(p)) => {
+            let rest = path.get(p.len()..).unwrap_or_default();
+            let joined = match (new.strip_suffix('/'), rest.is_empty()) {
+                (Some(stem), false) => format!("{stem}{rest}"),
+                _ => format!("{new}{rest}"),
+            };
+            if joined.is_empty() {
+                "/".into()
+            } else {
+                joined
+            }
+        }
+        _ => new.to_string(),
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -418,6 +512,8 @@ pub struct Route {
     pub request_headers: HeaderOps,
     pub response_headers: HeaderOps,
     pub rewrite: Option<Rewrite>,
+    /// Answered by the proxy itself; `destinations` are then not used.
+    pub reply: Option<LocalReply>,
 }
 
 impl Route {
@@ -432,17 +528,10 @@ impl Route {
     /// The request path after `rewrite.uri`: a matched uri prefix is replaced, else the
     /// whole path (Envoy's prefix_rewrite / path rewrite).
     pub fn rewritten_path(&self, block: usize, path: &str) -> Option<String> {
-        let new = self.rewrite.as_ref()?.uri.as_ref()?;
-        let prefix = self.matches.get(block).and_then(|m| match &m.uri {
-            Some(StringMatcher::Prefix(p)) => Some(p.as_str()),
-            _ => None,
-        });
-        Some(match prefix {
-            // `get` rather than slicing: with ignoreUriCase the matched prefix was
-            // lower-cased, and its byte length need not fall on a char boundary of `path`.
-            Some(p) => format!("{new}{}", path.get(p.len()..).unwrap_or_default()),
-            _ => new.clone(),
-        })
+        let rewrite = self.rewrite.as_ref()?;
+        let new = rewrite.uri.as_ref()?;
+        let matched = self.matches.get(block).and_then(|m| m.uri.as_ref());
+        Some(replace_path(new, rewrite.full_path, matched, path))
     }
 }
 
@@ -722,7 +811,15 @@ mod tests {
             .unwrap();
         let picks: Vec<&str> = [0u64, 89, 90, 99, 100]
             .iter()
-            .map(|d| wd.pick(*d).cluster.service.split('.').next().unwrap_or(""))
+            .map(|d| {
+                wd.pick(*d)
+                    .unwrap()
+                    .cluster
+                    .service
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+            })
             .collect();
         assert_eq!(picks, ["a", "a", "b", "b", "a"]);
     }
@@ -765,6 +862,7 @@ mod tests {
             request_headers: HeaderOps::default(),
             response_headers: HeaderOps::default(),
             rewrite: None,
+            reply: None,
         }
     }
 
@@ -999,6 +1097,7 @@ mod tests {
         r.rewrite = Some(Rewrite {
             uri: Some("/items".into()),
             authority: None,
+            full_path: false,
         });
         assert_eq!(
             r.rewritten_path(0, "/api/catalog/7").as_deref(),
@@ -1047,6 +1146,107 @@ mod tests {
         assert_eq!(h.get("x-a").unwrap(), "1");
         assert_eq!(h.get_all("x-b").iter().count(), 2);
         assert!(h.get("x-c").is_none());
+    }
+
+    #[test]
+    fn redirects_keep_what_they_do_not_replace() {
+        let headers = HeaderMap::new();
+        let req = |authority: &'static str, path: &'static str| RequestView {
+            authority,
+            path,
+            query: Some("q=1"),
+            method: "GET",
+            scheme: "http",
+            port: None,
+            headers: &headers,
+        };
+        let redirect = |scheme: Option<&str>, host: Option<&str>, port: Option<u16>| Redirect {
+            scheme: scheme.map(String::from),
+            hostname: host.map(String::from),
+            path: None,
+            full_path: false,
+            port,
+            status: 302,
+        };
+        let prefix = StringMatcher::PathPrefix("/old".into());
+        // (redirect, request authority and path, matched uri, Location)
+        let cases = [
+            (
+                redirect(None, None, None),
+                ("app:8080", "/a"),
+                None,
+                "http://app:8080/a?q=1",
+            ),
+            (
+                redirect(Some("https"), None, None),
+                ("app:8080", "/a"),
+                None,
+                "https://app/a?q=1",
+            ),
+            (
+                redirect(Some("https"), None, Some(8443)),
+                ("app", "/a"),
+                None,
+                "https://app:8443/a?q=1",
+            ),
+            (
+                redirect(None, Some("new.example"), Some(80)),
+                ("app:8080", "/a"),
+                None,
+                "http://new.example/a?q=1",
+            ),
+            (
+                Redirect {
+                    path: Some("/new".into()),
+                    ..redirect(None, None, None)
+                },
+                ("app", "/old/x"),
+                Some(&prefix),
+                "http://app/new/x?q=1",
+            ),
+            (
+                Redirect {
+                    path: Some("/".into()),
+                    ..redirect(None, None, None)
+                },
+                ("app", "/old/x"),
+                Some(&prefix),
+                "http://app/x?q=1",
+            ),
+            (
+                Redirect {
+                    path: Some("/".into()),
+                    ..redirect(None, None, None)
+                },
+                ("app", "/old"),
+                Some(&prefix),
+                "http://app/?q=1",
+            ),
+            (
+                Redirect {
+                    path: Some("/new".into()),
+                    full_path: true,
+                    ..redirect(None, None, None)
+                },
+                ("app", "/old/x"),
+                Some(&prefix),
+                "http://app/new?q=1",
+            ),
+        ];
+        for (r, (authority, path), matched, want) in cases {
+            assert_eq!(r.location(&req(authority, path), matched), want, "{r:?}");
+        }
+        // PathPrefix matches whole path elements.
+        for (path, want) in [
+            ("/old", true),
+            ("/old/", true),
+            ("/old/x", true),
+            ("/older", false),
+            ("/", false),
+        ] {
+            assert_eq!(prefix.matches(path, false), want, "{path}");
+        }
+        assert!(StringMatcher::PathPrefix(String::new()).matches("/anything", false));
     }
 }
 

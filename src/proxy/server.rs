@@ -26,7 +26,7 @@ use crate::proxy::metrics::{
 };
 use crate::proxy::resilience::{Overflow, PoolGuard, RetryPolicy, TryOutcome};
 use crate::proxy::routes::{
-    authority_port, ClusterKey, Mirror, RequestView, RouteDestination, Selection,
+    authority_port, ClusterKey, LocalReply, Mirror, RequestView, Route, RouteDestination, Selection,
 };
 use crate::proxy::Proxy;
 
@@ -214,6 +214,33 @@ fn local_reply(status: StatusCode, text: &str) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain"),
     );
     response
+}
+
+/// A route's own answer: a redirect's `Location` is worked out from the request.
+fn answer(
+    reply: &LocalReply,
+    view: &RequestView<'_>,
+    route: &Route,
+    block: usize,
+) -> Response<ProxyBody> {
+    match reply {
+        LocalReply::Status(status) => local_reply(
+            StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "no backend",
+        ),
+        LocalReply::Redirect(redirect) => {
+            let matched = route.matches.get(block).and_then(|m| m.uri.as_ref());
+            let location = redirect.location(view, matched);
+            let mut response = local_reply(
+                StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND),
+                "redirect",
+            );
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(http::header::LOCATION, value);
+            }
+            response
+        }
+    }
 }
 
 fn full_body(bytes: Bytes) -> ProxyBody {
@@ -426,11 +453,12 @@ impl Proxy {
             .table
             .select(&view, snapshot.source(&self.settings, peer.ip()))
         {
-            Selection::Route { route, block, .. } => (
-                Some(route),
-                block,
-                Some(route.destinations.pick(weight_draw)),
-            ),
+            Selection::Route { route, block, .. } => {
+                if let Some(reply) = &route.reply {
+                    return answer(reply, &view, route, block);
+                }
+                (Some(route), block, route.destinations.pick(weight_draw))
+            }
             Selection::Service(service) => {
                 record.service = Some(service.to_string());
                 (None, usize::MAX, None)

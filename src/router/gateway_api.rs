@@ -11,7 +11,13 @@ use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use super::istio::{cookie_regex, session_affinity};
-use super::{spec_differs, to_dynamic, Error, Kind, TrafficRouter, Watched, MANAGED_BY_SLUICE};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::sluice::{self, SluiceRouter};
+use super::{
+    spec_differs, to_dynamic, Error, Kind, MetricsPods, SharedObjects, TrafficRouter, Watched,
+    MANAGED_BY_SLUICE,
+};
 use crate::analysis::Reporter;
 use crate::api::gateway::{
     BackendObjectReference, HTTPRoute, HttpBackendRef, HttpCorsFilter, HttpHeader,
@@ -39,7 +45,24 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-pub struct GatewayApiRouter;
+pub struct GatewayApiRouter {
+    /// sluice-router serves the routes of Canaries with a Service parent (GAMMA) in their
+    /// namespace, as it serves `provider: sluice`. None where a mesh implements GAMMA.
+    pub service_parents: Option<SluiceRouter>,
+}
+
+impl GatewayApiRouter {
+    /// The router that serves this Canary's Service parents, if sluice-router does.
+    fn router_for(&self, canary: &Canary) -> Option<&SluiceRouter> {
+        let service_parent = canary
+            .spec
+            .service
+            .gateway_refs
+            .iter()
+            .any(|p| p.kind.as_deref() == Some("Service"));
+        self.service_parents.as_ref().filter(|_| service_parent)
+    }
+}
 
 impl TrafficRouter for GatewayApiRouter {
     fn kind(&self) -> RouterKind {
@@ -47,16 +70,31 @@ impl TrafficRouter for GatewayApiRouter {
     }
 
     /// The Gateway (or the mesh) sends traffic to `<svc>-primary` and `<svc>-canary`;
-    /// the apex Service is the primary, as with Istio.
-    fn apex_selector(&self, _canary: &Canary, app: &AppLabel) -> BTreeMap<String, String> {
-        app.primary_selector()
+    /// the apex Service is the primary, as with Istio, or sluice-router where it serves
+    /// the Service parents.
+    fn apex_selector(&self, canary: &Canary, app: &AppLabel) -> BTreeMap<String, String> {
+        match self.router_for(canary) {
+            Some(router) => router.apex_selector(canary, app),
+            None => app.primary_selector(),
+        }
     }
 
-    /// Only the route; rendering it here reports a spec it cannot translate before any
-    /// traffic moves.
+    fn apex_target_port(&self, canary: &Canary) -> Option<IntOrString> {
+        self.router_for(canary)?.apex_target_port(canary)
+    }
+
+    fn apex_backend(&self, canary: &Canary) -> Option<&'static str> {
+        self.router_for(canary)?.apex_backend(canary)
+    }
+
+    /// sluice-router's objects where it serves the route. The route is rendered here too,
+    /// so a spec it cannot translate is reported before any traffic moves.
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
         http_route(canary, Routes::ALL_PRIMARY)?;
-        Ok(vec![])
+        match self.router_for(canary) {
+            Some(router) => router.router_objects(canary),
+            None => Ok(vec![]),
+        }
     }
 
     fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error> {
@@ -65,22 +103,44 @@ impl TrafficRouter for GatewayApiRouter {
     }
 
     fn watched(&self) -> Vec<Watched> {
-        vec![Watched {
+        let route = Watched {
             kind: HTTP_ROUTE,
             selector: MANAGED_BY_SLUICE,
-        }]
+        };
+        let router = self
+            .service_parents
+            .iter()
+            .flat_map(|_| sluice::router_watched());
+        std::iter::once(route).chain(router).collect()
     }
 
     /// The fields the API server defaults (groups, kinds, path matches) are written out,
-    /// so what it returns holds what was written and an edit by hand shows.
+    /// so what it returns holds what was written and an edit by hand shows. The router's
+    /// own objects get defaults, so for them only the applied hash counts.
     fn drifted(&self, desired: &DynamicObject, live: &DynamicObject) -> bool {
-        spec_differs(desired, live)
+        HTTP_ROUTE.is_kind_of(desired) && spec_differs(desired, live)
     }
 
     /// Istio, the common implementation of both Gateways and GAMMA, reports at the
-    /// workload's sidecar; with another implementation, use MetricTemplates.
-    fn reporter(&self) -> Reporter {
-        Reporter::Destination
+    /// workload's sidecar; with another implementation, use MetricTemplates. sluice-router
+    /// reports as the caller's hop, as with `provider: sluice`.
+    fn reporter(&self, canary: &Canary) -> Reporter {
+        match self.router_for(canary) {
+            Some(router) => router.reporter(canary),
+            None => Reporter::Destination,
+        }
+    }
+
+    fn metrics_pods(&self, canary: &Canary) -> Option<MetricsPods> {
+        self.router_for(canary)?.metrics_pods(canary)
+    }
+
+    fn shared_objects(&self) -> Option<SharedObjects> {
+        self.service_parents.as_ref()?.shared_objects()
+    }
+
+    fn uses_shared_objects(&self, canary: &Canary) -> bool {
+        self.router_for(canary).is_some()
     }
 }
 
@@ -663,6 +723,66 @@ spec:
         .unwrap()
     }
 
+    /// No sluice-router for Service parents: a mesh implements GAMMA.
+    fn edge_only() -> GatewayApiRouter {
+        GatewayApiRouter {
+            service_parents: None,
+        }
+    }
+
+    #[test]
+    fn sluice_router_serves_a_service_parent_unless_a_mesh_does() {
+        let router = GatewayApiRouter {
+            service_parents: Some(SluiceRouter {
+                image: "sluice-proxy:test".into(),
+                replicas: 2,
+            }),
+        };
+        let app = AppLabel {
+            key: "app".into(),
+            value: "podinfo".into(),
+        };
+        let mesh = canary("", "{stepWeight: 10}");
+        let mut mesh = mesh;
+        mesh.spec.service.gateway_refs = vec![ParentReference {
+            kind: Some("Service".into()),
+            name: "podinfo".into(),
+            ..Default::default()
+        }];
+        let edge = canary("", "{stepWeight: 10}");
+        let kinds = |r: &GatewayApiRouter, c: &Canary| -> Vec<String> {
+            r.static_objects(c)
+                .unwrap()
+                .iter()
+                .map(|o| o.types.as_ref().unwrap().kind.clone())
+                .collect()
+        };
+        // (router, Canary, router objects, apex served by sluice-router)
+        let cases = [
+            (
+                &router,
+                &mesh,
+                sluice::ROUTER_KINDS.map(|k| k.kind).to_vec(),
+                true,
+            ),
+            (&router, &edge, vec![], false),
+            (&edge_only(), &mesh, vec![], false),
+        ];
+        for (r, c, want, routed) in cases {
+            assert_eq!(kinds(r, c), want);
+            assert_eq!(r.apex_selector(c, &app) == sluice::router_labels(), routed);
+            assert_eq!(r.apex_backend(c).is_some(), routed);
+            assert_eq!(r.metrics_pods(c).is_some(), routed);
+            assert_eq!(r.uses_shared_objects(c), routed);
+            let reporter = if routed {
+                Reporter::Source
+            } else {
+                Reporter::Destination
+            };
+            assert_eq!(r.reporter(c), reporter);
+        }
+    }
+
     fn weights(rule: &HttpRouteRule) -> Vec<(&str, i32)> {
         rule.backend_refs
             .iter()
@@ -879,7 +999,7 @@ spec:
         let mut c = canary("", "{stepWeight: 10}");
         c.spec.service.gateway_refs.clear();
         assert!(matches!(
-            GatewayApiRouter.static_objects(&c),
+            edge_only().static_objects(&c),
             Err(Error::Invalid { field, .. }) if field == "spec.service.gatewayRefs"
         ));
     }
@@ -965,7 +1085,7 @@ spec:
     #[test]
     fn what_the_api_server_adds_is_not_drift_but_an_edit_is() {
         let c = canary("", "{stepWeight: 10}");
-        let desired = GatewayApiRouter
+        let desired = edge_only()
             .route_objects(&c, Routes::canary(10))
             .unwrap()
             .remove(0);
@@ -974,8 +1094,8 @@ spec:
         // Defaults the API server writes into fields sluice leaves out.
         live.data["spec"]["rules"][0]["backendRefs"][0]["namespace"] = json!(null);
         live.data["status"] = json!({"parents": []});
-        assert!(!GatewayApiRouter.drifted(&desired, &live));
+        assert!(!edge_only().drifted(&desired, &live));
         live.data["spec"]["rules"][0]["backendRefs"][1]["weight"] = json!(50);
-        assert!(GatewayApiRouter.drifted(&desired, &live));
+        assert!(edge_only().drifted(&desired, &live));
     }
 }

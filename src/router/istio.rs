@@ -49,7 +49,7 @@ impl TrafficRouter for IstioRouter {
         spec_differs(desired, live)
     }
 
-    fn reporter(&self) -> Reporter {
+    fn reporter(&self, _canary: &Canary) -> Reporter {
         Reporter::Destination
     }
 }

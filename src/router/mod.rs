@@ -180,16 +180,22 @@ pub trait TrafficRouter: Send + Sync {
     }
 
     /// Who reports the series the built-in metrics read.
-    fn reporter(&self) -> Reporter;
+    fn reporter(&self, canary: &Canary) -> Reporter;
 
     /// Pods that can be scraped for those series when no Prometheus is set.
-    fn metrics_pods(&self) -> Option<MetricsPods> {
+    fn metrics_pods(&self, _canary: &Canary) -> Option<MetricsPods> {
         None
     }
 
     /// Objects shared by the namespace's Canaries of this router.
     fn shared_objects(&self) -> Option<SharedObjects> {
         None
+    }
+
+    /// Whether this Canary keeps the [`shared_objects`](Self::shared_objects) of its
+    /// namespace in use.
+    fn uses_shared_objects(&self, _canary: &Canary) -> bool {
+        self.shared_objects().is_some()
     }
 }
 
@@ -222,10 +228,15 @@ impl Routers {
         Routers {
             istio: istio::IstioRouter,
             sluice: sluice::SluiceRouter {
-                image: proxy_image,
+                image: proxy_image.clone(),
                 replicas: router_replicas,
             },
-            gateway_api: gateway_api::GatewayApiRouter,
+            gateway_api: gateway_api::GatewayApiRouter {
+                service_parents: Some(sluice::SluiceRouter {
+                    image: proxy_image,
+                    replicas: router_replicas,
+                }),
+            },
         }
     }
 

@@ -65,6 +65,19 @@ pub struct RouterSpec<'a> {
     pub managed: bool,
 }
 
+impl SluiceRouter {
+    /// The router's own objects in the Canary's namespace.
+    pub fn router_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
+        let ns = canary.namespace().unwrap_or_default();
+        router_objects(&RouterSpec {
+            namespace: &ns,
+            image: &self.image,
+            replicas: self.replicas,
+            managed: true,
+        })
+    }
+}
+
 impl TrafficRouter for SluiceRouter {
     fn kind(&self) -> RouterKind {
         RouterKind::Sluice
@@ -83,31 +96,8 @@ impl TrafficRouter for SluiceRouter {
     }
 
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
-        let ns = canary.namespace().unwrap_or_default();
-        let spec = RouterSpec {
-            namespace: &ns,
-            image: &self.image,
-            replicas: self.replicas,
-            managed: true,
-        };
         let mut objects = IstioRouter.static_objects(canary)?;
-        objects.push(to_dynamic(
-            "ServiceAccount",
-            ROUTER_NAME,
-            &service_account(&spec),
-        )?);
-        objects.push(to_dynamic("Role", ROUTER_NAME, &role(&spec))?);
-        objects.push(to_dynamic(
-            "RoleBinding",
-            ROUTER_NAME,
-            &role_binding(&spec),
-        )?);
-        objects.push(to_dynamic(
-            "PodDisruptionBudget",
-            ROUTER_NAME,
-            &disruption_budget(&spec),
-        )?);
-        objects.push(to_dynamic("Deployment", ROUTER_NAME, &deployment(&spec))?);
+        objects.extend(self.router_objects(canary)?);
         Ok(objects)
     }
 
@@ -117,11 +107,7 @@ impl TrafficRouter for SluiceRouter {
     }
 
     fn watched(&self) -> Vec<Watched> {
-        let router = ROUTER_KINDS.iter().map(|&kind| Watched {
-            kind,
-            selector: MANAGED_SELECTOR,
-        });
-        istio::WATCHED.into_iter().chain(router).collect()
+        istio::WATCHED.into_iter().chain(router_watched()).collect()
     }
 
     /// The routes' specs get no defaults from the API server; the router's own objects
@@ -130,11 +116,11 @@ impl TrafficRouter for SluiceRouter {
         istio::WATCHED.iter().any(|w| w.kind.is_kind_of(desired)) && spec_differs(desired, live)
     }
 
-    fn reporter(&self) -> Reporter {
+    fn reporter(&self, _canary: &Canary) -> Reporter {
         Reporter::Source
     }
 
-    fn metrics_pods(&self) -> Option<MetricsPods> {
+    fn metrics_pods(&self, _canary: &Canary) -> Option<MetricsPods> {
         Some(MetricsPods {
             selector: ROUTER_SELECTOR,
             port: ADMIN_PORT as u16,
@@ -147,6 +133,25 @@ impl TrafficRouter for SluiceRouter {
             kinds: &ROUTER_KINDS,
         })
     }
+}
+
+/// The router's own objects in a namespace, in the order they are applied.
+pub fn router_objects(spec: &RouterSpec) -> Result<Vec<DynamicObject>, Error> {
+    Ok(vec![
+        to_dynamic("ServiceAccount", ROUTER_NAME, &service_account(spec))?,
+        to_dynamic("Role", ROUTER_NAME, &role(spec))?,
+        to_dynamic("RoleBinding", ROUTER_NAME, &role_binding(spec))?,
+        to_dynamic("PodDisruptionBudget", ROUTER_NAME, &disruption_budget(spec))?,
+        to_dynamic("Deployment", ROUTER_NAME, &deployment(spec))?,
+    ])
+}
+
+/// The router's kinds, as the controller caches them (only those made for Canaries).
+pub fn router_watched() -> impl Iterator<Item = Watched> {
+    ROUTER_KINDS.iter().map(|&kind| Watched {
+        kind,
+        selector: MANAGED_SELECTOR,
+    })
 }
 
 /// The router's objects as YAML, for running sluice-proxy in a namespace without a Canary
@@ -239,8 +244,16 @@ fn role(spec: &RouterSpec) -> Role {
                 "networking.istio.io",
                 &["virtualservices", "destinationrules"],
             ),
+            read("gateway.networking.k8s.io", &["httproutes"]),
             read("discovery.k8s.io", &["endpointslices"]),
             read("", &["pods"]),
+            // The HTTPRoutes it serves get their Accepted and ResolvedRefs conditions.
+            PolicyRule {
+                api_groups: Some(vec!["gateway.networking.k8s.io".into()]),
+                resources: Some(vec!["httproutes/status".into()]),
+                verbs: vec!["patch".into()],
+                ..Default::default()
+            },
             PolicyRule {
                 api_groups: Some(vec!["events.k8s.io".into()]),
                 resources: Some(vec!["events".into()]),
@@ -482,13 +495,14 @@ spec:
         };
         let role = role(&spec);
         for rule in role.rules.unwrap() {
-            let writes_events = rule.resources == Some(vec!["events".to_string()]);
-            let want: &[&str] = if writes_events {
-                &["create"]
-            } else {
-                &["get", "list", "watch"]
+            let resources = rule.resources.clone().unwrap_or_default();
+            // Writes only events and the status of the HTTPRoutes it serves.
+            let want: &[&str] = match resources.as_slice() {
+                [r] if r == "events" => &["create"],
+                [r] if r == "httproutes/status" => &["patch"],
+                _ => &["get", "list", "watch"],
             };
-            assert_eq!(rule.verbs, want);
+            assert_eq!(rule.verbs, want, "{resources:?}");
         }
         let d = deployment(&spec).spec.unwrap();
         let pod = d.template.spec.unwrap();

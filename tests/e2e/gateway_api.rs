@@ -2,13 +2,17 @@
 //! the Gateway API's standard-channel CRDs (hack/cluster.sh installs them): every
 //! HTTPRoute sluice writes passes their schema and CEL rules, the weights walk up with
 //! the status, an edit by hand is put back, and what the Gateway API cannot express is
-//! refused by the Canary's schema or reported on the Canary, naming the field. No
-//! implementation serves the HTTPRoute here, so the release runs on its gates alone.
+//! refused by the Canary's schema or reported on the Canary, naming the field. A
+//! Gateway parent has no implementation here; a Service parent (GAMMA) is served by
+//! sluice-router, with live traffic and the built-in metrics scraped from the router.
 
 use std::time::Duration;
 
 use super::support::*;
-use super::{app_yaml, install_controller, primary_version, status_line};
+use super::{
+    app_yaml, demo_app_yaml, install_controller, primary_version, release_v2_under_load,
+    status_line,
+};
 
 fn canary_yaml(ns: &str, gateway_refs: &str) -> String {
     format!(
@@ -189,4 +193,65 @@ fn gateway_api_release_walks_the_http_route() {
         "{message}"
     );
     assert_eq!(route_weights(ns).as_deref(), Some("100 0"));
+}
+
+#[test]
+#[ignore = "needs the local cluster: run through hack/e2e.sh"]
+fn gateway_api_service_parent_release_through_the_router() {
+    install_controller();
+    let ns = TestNamespace::create("e2e-gamma");
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    apply_yaml(
+        ns,
+        &format!(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {{name: catalog-release, namespace: {ns}}}
+spec:
+  provider: gatewayapi:v1
+  targetRef: {{apiVersion: apps/v1, kind: Deployment, name: catalog}}
+  progressDeadlineSeconds: 60
+  service:
+    name: catalog
+    port: 80
+    targetPort: 3000
+    gatewayRefs: [{{group: "", kind: Service, name: catalog, port: 80}}]
+  analysis:
+    interval: 4s
+    threshold: 2
+    maxWeight: 50
+    stepWeight: 10
+    metrics:
+    - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 30s}}
+    - {{name: request-duration, thresholdRange: {{max: 500}}, interval: 30s}}
+"#
+        ),
+    );
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    // sluice-router serves the route and says so on it.
+    let conditions = wait_for(
+        ns,
+        "the HTTPRoute accepted by sluice-proxy",
+        Duration::from_secs(60),
+        || {
+            let out = jsonpath(
+                ns,
+                "httproute/catalog",
+                "{range .status.parents[?(@.controllerName==\"sluice.dev/sluice-proxy\")].conditions[*]}{.type}={.status} {end}",
+            )?;
+            out.contains("Accepted=True").then_some(out)
+        },
+    );
+    assert!(conditions.contains("ResolvedRefs=True"), "{conditions}");
+    assert_eq!(
+        jsonpath(ns, "svc/catalog", "{.spec.selector}").as_deref(),
+        Some(r#"{"app.kubernetes.io/name":"sluice-router"}"#)
+    );
+
+    // The HTTPRoute's weights, enforced by the router, are what the answers show.
+    drop(release_v2_under_load(ns));
 }

@@ -601,21 +601,10 @@ fn router_address(ns: &str) -> String {
     )
 }
 
-/// A release through sluice-proxy with live traffic: the measured share of v2 follows
-/// each step, metrics come from `metrics_server` (empty: the built-in scrape of the
-/// router), and a v3 answering half its requests with 500 is rolled back on them.
-fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metrics_server: &str) {
-    install_controller();
-    let ns = TestNamespace::create(prefix);
-    let ns = ns.0.as_str();
-    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
-    apply_yaml(
-        ns,
-        &sluice_canary_yaml(ns, interval, threshold, metrics_server),
-    );
-    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
-        (status_line(ns)?.0 == "Initialized").then_some(())
-    });
+/// Live traffic through the namespace's sluice-router while v2 is released: all on v1
+/// before, the measured share of v2 following each step, all on v2 after, and the checks
+/// run on the router's metrics. The load keeps running for what the caller does next.
+fn release_v2_under_load(ns: &str) -> Load {
     let router = router_address(ns);
     let load = Load::start(
         router,
@@ -661,6 +650,25 @@ fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metr
     let analysis =
         jsonpath(ns, "canary/catalog-release", "{.status.lastAnalysis}").unwrap_or_default();
     assert!(analysis.contains("request-success-rate"), "{analysis}");
+    load
+}
+
+/// A release through sluice-proxy with live traffic: the measured share of v2 follows
+/// each step, metrics come from `metrics_server` (empty: the built-in scrape of the
+/// router), and a v3 answering half its requests with 500 is rolled back on them.
+fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metrics_server: &str) {
+    install_controller();
+    let ns = TestNamespace::create(prefix);
+    let ns = ns.0.as_str();
+    apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    apply_yaml(
+        ns,
+        &sluice_canary_yaml(ns, interval, threshold, metrics_server),
+    );
+    wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
+        (status_line(ns)?.0 == "Initialized").then_some(())
+    });
+    let load = release_v2_under_load(ns);
 
     // v3 fails half its requests: rolled back at the threshold, primary stays v2.
     must(

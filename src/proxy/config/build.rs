@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use super::file::{object_name, CallerEntry, ConfigFile, Object};
+use super::http_route::{build_virtual_hosts, RouteObject};
 use super::policy::{effective_policy, merge_policy, EffectivePolicy};
 use super::validate::{
     require_name, source_namespaces_out_of_reach, unsupported_in_destination_rule,
@@ -111,6 +112,29 @@ pub fn build(
             continue;
         }
         virtual_hosts.push(vhost);
+    }
+
+    // HTTPRoutes with Service parents: mesh routes, after the VirtualServices (which keep
+    // a host both claim).
+    for (i, o) in file.http_routes.iter().enumerate() {
+        require_name(&format!("httpRoutes[{i}]"), &o.metadata)?;
+    }
+    if settings.identity.acts_as(&[]) {
+        let routes: Vec<RouteObject> = file
+            .http_routes
+            .iter()
+            .map(|o| RouteObject {
+                object: object_name("HTTPRoute", &o.metadata, default_ns),
+                namespace: o.metadata.namespace.as_deref().unwrap_or(default_ns),
+                created: o.metadata.creation_timestamp.as_deref().unwrap_or_default(),
+                spec: &o.spec,
+            })
+            .collect();
+        virtual_hosts.extend(build_virtual_hosts(
+            &routes,
+            &mut referenced,
+            &mut warnings,
+        )?);
     }
 
     // Clusters: every referenced (service, subset) and every service without subset.

@@ -3,6 +3,7 @@
 //! namespace: istioinaction          # default namespace for objects and endpoints
 //! virtualServices: [ <VirtualService objects> ]
 //! destinationRules: [ <DestinationRule objects> ]
+//! httpRoutes: [ <HTTPRoute objects> ]  # those with Service parents (GAMMA) apply
 //! endpoints:
 //!   - service: catalog              # short name, name.namespace or FQDN
 //!     address: 127.0.0.1:3000
@@ -18,6 +19,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::Error;
+use crate::api::gateway::HttpRouteSpec;
 use crate::api::istio::{DestinationRuleSpec, VirtualServiceSpec};
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -29,6 +31,8 @@ pub struct ConfigFile {
     pub virtual_services: Vec<Object<VirtualServiceSpec>>,
     #[serde(default)]
     pub destination_rules: Vec<Object<DestinationRuleSpec>>,
+    #[serde(default)]
+    pub http_routes: Vec<Object<HttpRouteSpec>>,
     #[serde(default)]
     pub endpoints: Vec<EndpointEntry>,
     /// Pods that may call the proxy, by address; used only in router mode.
@@ -49,10 +53,14 @@ pub struct Object<S> {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     pub name: String,
     #[serde(default)]
     pub namespace: Option<String>,
+    /// RFC 3339; orders HTTPRoutes of equal precedence (the oldest first).
+    #[serde(default)]
+    pub creation_timestamp: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

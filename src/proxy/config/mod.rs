@@ -9,6 +9,8 @@
 //!   the cluster settings it becomes.
 //! - `virtual_host`: a VirtualService checked and turned into a `VirtualHost`; checking
 //!   one is building it, so its field checks live there.
+//! - `http_route`: HTTPRoutes with Service parents (GAMMA) turned into the
+//!   `VirtualHost`s of those Services, ordered by the Gateway API's precedence.
 //! - `validate`: the per-object checks Kubernetes mode runs on its own (`check_*`), and
 //!   the warnings for what is accepted but not enforced.
 //! - `build`: the whole file into a `Snapshot`: endpoints, clusters, virtual hosts and,
@@ -18,6 +20,7 @@
 
 mod build;
 mod file;
+mod http_route;
 mod policy;
 mod validate;
 mod virtual_host;
@@ -34,6 +37,7 @@ use crate::proxy::routes::{self, ClusterKey, RouteTable, SourceIdentity};
 
 pub use build::build;
 pub use file::{read_file, CallerEntry, ConfigFile, EndpointEntry, Object, ObjectMeta};
+pub use http_route::{check_http_route, is_service_parent, service_parents};
 pub use validate::{check_destination_rule, check_virtual_service};
 
 #[derive(Debug, thiserror::Error)]

@@ -253,6 +253,7 @@ fn build_route(
     let rewrite = http.rewrite.as_ref().map(|r| Rewrite {
         uri: r.uri.clone().filter(|u| !u.is_empty()),
         authority: r.authority.clone().filter(|a| !a.is_empty()),
+        full_path: false,
     });
     if let Some(Some(a)) = rewrite.as_ref().map(|r| r.authority.as_ref()) {
         http::HeaderValue::from_str(a).map_err(|_| {
@@ -282,10 +283,11 @@ fn build_route(
             headers.and_then(|h| h.response.as_ref()),
         )?,
         rewrite,
+        reply: None,
     })
 }
 
-fn header_ops(
+pub(super) fn header_ops(
     object: &str,
     field: &str,
     ops: Option<&HeaderOperations>,
