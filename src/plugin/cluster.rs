@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use super::control::{self, Action, ControlError};
 use super::render::{last_warning, Snapshot};
 use crate::api::Canary;
+use crate::router::{Kind, Routers};
 use crate::workloads::configs::{self, ConfigKind};
 use crate::workloads::revision_hash;
 
@@ -121,12 +122,17 @@ impl Connection {
             let primary = deployments
                 .get_opt(&format!("{}-primary", canary.spec.target_ref.name))
                 .await?;
-            let virtual_service = match virtual_services(&self.client, &self.namespace)
-                .get_opt(canary.service_name())
-                .await
+            let kind = route_kind(&canary);
+            let route = match Api::<DynamicObject>::namespaced_with(
+                self.client.clone(),
+                &self.namespace,
+                &kind.api_resource(),
+            )
+            .get_opt(canary.service_name())
+            .await
             {
-                Ok(vs) => vs,
-                // No Istio CRDs installed: there is nothing to show.
+                Ok(route) => route,
+                // The router's CRDs are not installed: there is nothing to show.
                 Err(e) if is_status(&e, 404) => None,
                 Err(e) => return Err(e.into()),
             };
@@ -139,7 +145,7 @@ impl Connection {
                 canary,
                 target,
                 primary,
-                virtual_service,
+                route,
                 events,
             });
         }
@@ -227,7 +233,8 @@ impl Connection {
     }
 
     /// Follows the namespace (or one Canary) and calls `show` with fresh snapshots after
-    /// every change of a Canary, Deployment, VirtualService or Canary event. Runs until
+    /// every change of a Canary, Deployment, route object (VirtualService, HTTPRoute) or
+    /// Canary event. Runs until
     /// the process ends.
     pub async fn watch(
         &self,
@@ -252,17 +259,28 @@ impl Connection {
             (),
             &changed,
         );
-        // Watching a kind whose CRD is missing would only log errors.
-        let vs_api = virtual_services(&self.client, ns);
-        let vss = match vs_api.list(&ListParams::default().limit(1)).await {
-            Err(e) if is_status(&e, 404) => None,
-            _ => Some(spawn_reflector(
-                vs_api,
+        // Every kind a router carries its weights in, once; watching a kind whose CRD is
+        // missing would only log errors.
+        let mut route_stores: BTreeMap<Kind, Store<DynamicObject>> = BTreeMap::new();
+        for router in Routers::for_reading().all() {
+            let kind = router.route_kind();
+            if route_stores.contains_key(&kind) {
+                continue;
+            }
+            let api = Api::namespaced_with(self.client.clone(), ns, &kind.api_resource());
+            if let Err(e) = api.list(&ListParams::default().limit(1)).await {
+                if is_status(&e, 404) {
+                    continue;
+                }
+            }
+            let store = spawn_reflector(
+                api,
                 watcher::Config::default(),
-                vs_resource(),
+                kind.api_resource(),
                 &changed,
-            )),
-        };
+            );
+            route_stores.insert(kind, store);
+        }
         let events_api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let events_config = match events_api
             .list(&ListParams::default().fields(CANARY_EVENTS).limit(1))
@@ -280,8 +298,9 @@ impl Connection {
         ] {
             ready.map_err(|_| ClusterError::WatchEnded)?;
         }
-        if let Some(vss) = &vss {
-            vss.wait_until_ready()
+        for store in route_stores.values() {
+            store
+                .wait_until_ready()
                 .await
                 .map_err(|_| ClusterError::WatchEnded)?;
         }
@@ -300,9 +319,13 @@ impl Connection {
                     };
                     let target = get(&canary.spec.target_ref.name);
                     let primary = get(&format!("{}-primary", canary.spec.target_ref.name));
-                    let virtual_service = vss.as_ref().and_then(|s| {
-                        s.get(&ObjectRef::new_with(canary.service_name(), vs_resource()).within(ns))
-                            .map(|v| DynamicObject::clone(&v))
+                    let kind = route_kind(&canary);
+                    let route = route_stores.get(&kind).and_then(|s| {
+                        s.get(
+                            &ObjectRef::new_with(canary.service_name(), kind.api_resource())
+                                .within(ns),
+                        )
+                        .map(|v| DynamicObject::clone(&v))
                     });
                     let events = all_events
                         .iter()
@@ -313,7 +336,7 @@ impl Connection {
                         canary,
                         target,
                         primary,
-                        virtual_service,
+                        route,
                         events,
                     }
                 })
@@ -340,14 +363,12 @@ pub fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
-/// VirtualServices in the version the routers write them, read dynamically so that any
-/// Istio version's extra fields pass through.
-pub fn vs_resource() -> ApiResource {
-    crate::router::Kind::VIRTUAL_SERVICE.api_resource()
-}
-
-fn virtual_services(client: &Client, ns: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(client.clone(), ns, &vs_resource())
+/// The kind of the object that carries the Canary's weights, as its router writes it
+/// (read dynamically, so that fields of newer versions pass through).
+fn route_kind(canary: &Canary) -> Kind {
+    Routers::for_reading()
+        .for_kind(canary.spec.provider.unwrap_or_default())
+        .route_kind()
 }
 
 fn spawn_reflector<K>(

@@ -9,8 +9,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::DynamicObject;
 
 use super::{is_paused, ABORT, PROMOTE, RETRY};
-use crate::api::istio::{HttpMatchRequest, HttpRoute, StringMatch, VirtualServiceSpec};
 use crate::api::{Canary, CanaryCondition, Phase};
+use crate::router::{Error as RouterError, LiveRule, Routers};
 
 /// Everything the tree of one Canary shows, as read from the cluster.
 #[derive(Clone, Debug)]
@@ -20,8 +20,9 @@ pub struct Snapshot {
     pub target: Option<Deployment>,
     /// `<target>-primary`.
     pub primary: Option<Deployment>,
-    /// The VirtualService `<service name or target>`.
-    pub virtual_service: Option<DynamicObject>,
+    /// The object that carries the weights (the VirtualService or HTTPRoute `<service
+    /// name or target>`), of the kind the Canary's router writes.
+    pub route: Option<DynamicObject>,
     /// Events regarding the Canary, in any order.
     pub events: Vec<Event>,
 }
@@ -57,10 +58,7 @@ pub fn render(snap: &Snapshot, now: Timestamp) -> String {
         width,
         snap.primary.as_ref(),
     )));
-    root.push(routes_node(
-        canary.service_name(),
-        snap.virtual_service.as_ref(),
-    ));
+    root.push(routes_node(canary, snap.route.as_ref()));
     if let Some(analysis) = analysis_node(canary) {
         root.push(analysis);
     }
@@ -140,119 +138,51 @@ fn deployment_line(name: &str, role: &str, width: usize, d: Option<&Deployment>)
     )
 }
 
-fn routes_node(service: &str, vs: Option<&DynamicObject>) -> Node {
-    let Some(vs) = vs else {
-        return Node::new(format!("VirtualService/{service}  not found"));
+/// The object that carries the weights, read back by the Canary's router (Istio when
+/// `spec.provider` is unset, as the controller's default).
+fn routes_node(canary: &Canary, live: Option<&DynamicObject>) -> Node {
+    let routers = Routers::for_reading();
+    let router = routers.for_kind(canary.spec.provider.unwrap_or_default());
+    let head = format!("{}/{}", router.route_kind().kind, canary.service_name());
+    let Some(live) = live else {
+        return Node::new(format!("{head}  not found"));
     };
-    let spec = vs.data.get("spec").cloned().unwrap_or_default();
-    let spec: VirtualServiceSpec = match serde_json::from_value(spec) {
-        Ok(spec) => spec,
-        Err(e) => return Node::new(format!("VirtualService/{service}  unreadable spec: {e}")),
+    let routes = match router.read_routes(live) {
+        Ok(routes) => routes,
+        Err(RouterError::ReadBack { source, .. }) => {
+            return Node::new(format!("{head}  unreadable spec: {source}"))
+        }
+        Err(e) => return Node::new(format!("{head}  {e}")),
     };
-    let mut node = Node::new(format!("VirtualService/{service}"));
-    if spec.http.is_empty() {
-        node.push(Node::new("no http routes".into()));
+    let mut node = Node::new(head);
+    if routes.rules.is_empty() {
+        node.push(Node::new(format!("no {} routes", routes.rules_field)));
     }
-    for (i, route) in spec.http.iter().enumerate() {
-        node.push(Node::new(route_line(i, route)));
+    for (i, rule) in routes.rules.iter().enumerate() {
+        node.push(Node::new(rule_line(routes.rules_field, i, rule)));
     }
     node
 }
 
-fn route_line(index: usize, route: &HttpRoute) -> String {
-    let mut line = match &route.name {
-        Some(name) => format!("http[{index}] {name}"),
-        None => format!("http[{index}]"),
+fn rule_line(field: &str, index: usize, rule: &LiveRule) -> String {
+    let mut line = match &rule.name {
+        Some(name) => format!("{field}[{index}] {name}"),
+        None => format!("{field}[{index}]"),
     };
-    if !route.matches.is_empty() {
-        let matches: Vec<String> = route.matches.iter().map(match_summary).collect();
-        let _ = write!(line, " match {}", matches.join(" or "));
+    if !rule.matches.is_empty() {
+        let _ = write!(line, " match {}", rule.matches.join(" or "));
     }
     line.push(':');
-    let single = route.route.len() == 1;
-    for dest in &route.route {
-        // Istio: a lone destination takes everything; among several an omitted weight is 0.
-        let weight = dest.weight.unwrap_or(if single { 100 } else { 0 });
-        let _ = write!(line, " {} {weight}", destination(&dest.destination));
+    for (backend, weight) in &rule.backends {
+        let _ = write!(line, " {backend} {weight}");
     }
-    if route.route.is_empty() {
+    if rule.backends.is_empty() {
         line.push_str(" no destinations");
     }
-    if let Some(mirror) = &route.mirror {
-        let pct = route.mirror_percentage.map(|p| p.value).unwrap_or(100.0);
-        let _ = write!(line, "  mirror {} {}%", destination(mirror), number(pct));
-    }
-    for mirror in &route.mirrors {
-        let pct = mirror.percentage.map(|p| p.value).unwrap_or(100.0);
-        let _ = write!(
-            line,
-            "  mirror {} {}%",
-            destination(&mirror.destination),
-            number(pct)
-        );
+    for (backend, percent) in &rule.mirrors {
+        let _ = write!(line, "  mirror {backend} {}%", number(*percent));
     }
     line
-}
-
-fn destination(d: &crate::api::istio::Destination) -> String {
-    match &d.subset {
-        Some(subset) => format!("{}/{subset}", d.host),
-        None => d.host.clone(),
-    }
-}
-
-fn string_match(m: &StringMatch) -> String {
-    if let Some(v) = &m.exact {
-        format!("={v}")
-    } else if let Some(v) = &m.prefix {
-        format!("^={v}")
-    } else if let Some(v) = &m.regex {
-        format!("~={v}")
-    } else {
-        " present".into()
-    }
-}
-
-/// One match block in a short form: `header x-user=alice, sourceLabels app=web`.
-fn match_summary(m: &HttpMatchRequest) -> String {
-    let mut parts = vec![];
-    for (label, value) in [
-        ("uri", &m.uri),
-        ("method", &m.method),
-        ("authority", &m.authority),
-        ("scheme", &m.scheme),
-    ] {
-        if let Some(v) = value {
-            parts.push(format!("{label}{}", string_match(v)));
-        }
-    }
-    for (k, v) in &m.headers {
-        parts.push(format!("header {k}{}", string_match(v)));
-    }
-    for (k, v) in &m.without_headers {
-        parts.push(format!("without header {k}{}", string_match(v)));
-    }
-    for (k, v) in &m.query_params {
-        parts.push(format!("query {k}{}", string_match(v)));
-    }
-    if !m.source_labels.is_empty() {
-        let labels: Vec<String> = m
-            .source_labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        parts.push(format!("sourceLabels {}", labels.join(",")));
-    }
-    if let Some(ns) = &m.source_namespace {
-        parts.push(format!("sourceNamespace {ns}"));
-    }
-    if let Some(port) = m.port {
-        parts.push(format!("port {port}"));
-    }
-    if parts.is_empty() {
-        return "{}".into();
-    }
-    format!("{{{}}}", parts.join(", "))
 }
 
 fn analysis_node(canary: &Canary) -> Option<Node> {
@@ -500,7 +430,7 @@ action: Reconcile
                     canary: canary(progressing, ""),
                     target: Some(deployment("catalog", 2, 2, "shop/catalog:v2")),
                     primary: Some(deployment("catalog-primary", 2, 1, "shop/catalog:v1")),
-                    virtual_service: Some(vs(SPLIT)),
+                    route: Some(vs(SPLIT)),
                     events: vec![
                         warning("older", "2026-01-01T11:00:00Z"),
                         warning(
@@ -532,7 +462,7 @@ Canary/catalog-release  Progressing  weight 20  failed checks 1/2  iterations 0 
                     ),
                     target: None,
                     primary: None,
-                    virtual_service: None,
+                    route: None,
                     events: vec![],
                 },
                 want: "\
@@ -552,7 +482,7 @@ Canary/catalog-release  Initializing  weight 0  failed checks 0/2  iterations 0 
                     ),
                     target: Some(deployment("catalog", 0, 0, "shop/catalog:v2")),
                     primary: Some(deployment("catalog-primary", 3, 3, "shop/catalog:v2")),
-                    virtual_service: Some(vs(r#"
+                    route: Some(vs(r#"
   - name: ab
     match: [{headers: {x-user: {exact: alice}}, uri: {prefix: /api}}, {headers: {cookie: {regex: ".*canary.*"}}}]
     route: [{destination: {host: catalog-canary, subset: v2}}]
@@ -616,10 +546,53 @@ Canary/catalog-release  Succeeded  weight 0  failed checks 0/2  iterations 0  re
     }
 
     #[test]
+    fn an_http_route_is_read_back_by_the_gateway_api_router() {
+        let mut c = canary("", "");
+        c.spec.provider = Some(crate::api::RouterKind::GatewayApiV1);
+        let route: DynamicObject = serde_yaml::from_str(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: catalog, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: catalog}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /}, headers: [{type: Exact, name: x-user, value: alice}]}]
+    backendRefs: [{name: catalog-canary, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /}}]
+    filters:
+    - type: RequestMirror
+      requestMirror: {backendRef: {name: catalog-canary, port: 80}, fraction: {numerator: 1, denominator: 4}}
+    backendRefs: [{name: catalog-primary, port: 80, weight: 90}, {name: catalog-canary, port: 80, weight: 10}]
+"#,
+        )
+        .unwrap();
+        let node = routes_node(&c, Some(&route));
+        let lines: Vec<&str> = std::iter::once(node.text.as_str())
+            .chain(node.children.iter().map(|n| n.text.as_str()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "HTTPRoute/catalog",
+                "rules[0] match {path^=/, header x-user=alice}: catalog-canary 1",
+                "rules[1] match {path^=/}: catalog-primary 90 catalog-canary 10  mirror catalog-canary 25%",
+            ]
+        );
+        assert_eq!(routes_node(&c, None).text, "HTTPRoute/catalog  not found");
+        let routes = Routers::for_reading()
+            .for_kind(crate::api::RouterKind::GatewayApiV1)
+            .read_routes(&route)
+            .unwrap();
+        assert_eq!(routes.percent_of("catalog-canary"), Some(10.0));
+        assert_eq!(routes.percent_of("catalog-other"), None);
+    }
+
+    #[test]
     fn unreadable_virtual_service_is_shown_not_fatal() {
         let mut bad = vs("");
         bad.data["spec"] = serde_json::json!({"http": "not a list"});
-        let node = routes_node("catalog", Some(&bad));
+        let node = routes_node(&canary("", ""), Some(&bad));
         assert!(
             node.text
                 .starts_with("VirtualService/catalog  unreadable spec:"),

@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::sluice::{self, SluiceRouter};
 use super::{
-    spec_differs, to_dynamic, Error, Kind, MetricsPods, SharedObjects, TrafficRouter, Watched,
-    MANAGED_BY_SLUICE,
+    spec_differs, to_dynamic, Error, Kind, LiveRoutes, LiveRule, MetricsPods, SharedObjects,
+    TrafficRouter, Watched, MANAGED_BY_SLUICE,
 };
 use crate::analysis::Reporter;
 use crate::api::gateway::{
@@ -100,6 +100,24 @@ impl TrafficRouter for GatewayApiRouter {
     fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error> {
         let route = http_route(canary, routes)?;
         Ok(vec![to_dynamic("HTTPRoute", &route.name_any(), &route)?])
+    }
+
+    fn route_kind(&self) -> Kind {
+        HTTP_ROUTE
+    }
+
+    fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error> {
+        let spec = live.data.get("spec").cloned().unwrap_or_default();
+        let spec: HttpRouteSpec =
+            serde_json::from_value(spec).map_err(|source| Error::ReadBack {
+                kind: "HTTPRoute",
+                name: live.name_any(),
+                source,
+            })?;
+        Ok(LiveRoutes {
+            rules_field: "rules",
+            rules: spec.rules.iter().map(live_rule).collect(),
+        })
     }
 
     fn watched(&self) -> Vec<Watched> {
@@ -696,6 +714,61 @@ fn check_rules(rules: &[HttpRouteRule]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// One rule of a live HTTPRoute: its matches, backends (an omitted weight is 1) and
+/// mirrors (an omitted percentage is 100).
+fn live_rule(rule: &HttpRouteRule) -> LiveRule {
+    let mirrors = rule
+        .filters
+        .iter()
+        .chain(rule.backend_refs.iter().flat_map(|b| &b.filters))
+        .filter_map(|f| f.request_mirror.as_ref())
+        .map(|m| {
+            let percent = match (m.percent, &m.fraction) {
+                (Some(p), _) => f64::from(p),
+                (None, Some(f)) => {
+                    f64::from(f.numerator) * 100.0 / f64::from(f.denominator.unwrap_or(100).max(1))
+                }
+                (None, None) => 100.0,
+            };
+            (m.backend_ref.name.clone(), percent)
+        })
+        .collect();
+    LiveRule {
+        name: None,
+        matches: rule.matches.iter().map(live_match).collect(),
+        backends: rule
+            .backend_refs
+            .iter()
+            .map(|b| (b.name.clone(), b.weight.unwrap_or(1).max(0) as u32))
+            .collect(),
+        mirrors,
+    }
+}
+
+/// One match in the short form `kubectl sluice get` shows for VirtualServices too:
+/// `=` exact, `^=` prefix, `~=` regular expression.
+fn live_match(m: &HttpRouteMatch) -> String {
+    let op = |match_type: &str| match match_type {
+        PATH_PREFIX => "^=",
+        REGEX => "~=",
+        _ => "=",
+    };
+    let mut parts = vec![];
+    if let Some(path) = &m.path {
+        parts.push(format!("path{}{}", op(&path.match_type), path.value));
+    }
+    if let Some(method) = &m.method {
+        parts.push(format!("method={method}"));
+    }
+    for h in &m.headers {
+        parts.push(format!("header {}{}{}", h.name, op(&h.match_type), h.value));
+    }
+    for q in &m.query_params {
+        parts.push(format!("query {}{}{}", q.name, op(&q.match_type), q.value));
+    }
+    format!("{{{}}}", parts.join(", "))
 }
 
 #[cfg(test)]

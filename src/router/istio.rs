@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use kube::ResourceExt;
 
-use super::{spec_differs, to_dynamic, Error, Kind, TrafficRouter, Watched, MANAGED_BY_SLUICE};
+use super::{
+    spec_differs, to_dynamic, Error, Kind, LiveRoutes, LiveRule, TrafficRouter, Watched,
+    MANAGED_BY_SLUICE,
+};
 use crate::analysis::Reporter;
 use crate::api::istio::{
     Destination, DestinationRule, DestinationRuleSpec, HeaderOperations, Headers, HttpMatchRequest,
@@ -38,6 +41,14 @@ impl TrafficRouter for IstioRouter {
     fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error> {
         let vs = virtual_service(canary, routes);
         Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
+    }
+
+    fn route_kind(&self) -> Kind {
+        Kind::VIRTUAL_SERVICE
+    }
+
+    fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error> {
+        read_virtual_service(live)
     }
 
     fn watched(&self) -> Vec<Watched> {
@@ -273,6 +284,113 @@ pub fn merge_matches(
         }
     }
     merged
+}
+
+/// The routes of a live VirtualService, for Istio or for sluice-router.
+pub(super) fn read_virtual_service(live: &DynamicObject) -> Result<LiveRoutes, Error> {
+    let spec = live.data.get("spec").cloned().unwrap_or_default();
+    let spec: VirtualServiceSpec =
+        serde_json::from_value(spec).map_err(|source| Error::ReadBack {
+            kind: "VirtualService",
+            name: live.name_any(),
+            source,
+        })?;
+    let rules = spec
+        .http
+        .iter()
+        .map(|route| {
+            let single = route.route.len() == 1;
+            let mut mirrors: Vec<(String, f64)> = route
+                .mirror
+                .iter()
+                .map(|m| {
+                    let pct = route.mirror_percentage.map(|p| p.value).unwrap_or(100.0);
+                    (destination_name(m), pct)
+                })
+                .collect();
+            mirrors.extend(route.mirrors.iter().map(|m| {
+                let pct = m.percentage.map(|p| p.value).unwrap_or(100.0);
+                (destination_name(&m.destination), pct)
+            }));
+            LiveRule {
+                name: route.name.clone(),
+                matches: route.matches.iter().map(match_summary).collect(),
+                backends: route
+                    .route
+                    .iter()
+                    .map(|d| {
+                        // A lone destination takes everything; among several an omitted
+                        // weight is 0.
+                        let weight = d.weight.unwrap_or(if single { 100 } else { 0 });
+                        (destination_name(&d.destination), weight.max(0) as u32)
+                    })
+                    .collect(),
+                mirrors,
+            }
+        })
+        .collect();
+    Ok(LiveRoutes {
+        rules_field: "http",
+        rules,
+    })
+}
+
+fn destination_name(d: &Destination) -> String {
+    match &d.subset {
+        Some(subset) => format!("{}/{subset}", d.host),
+        None => d.host.clone(),
+    }
+}
+
+fn string_match(m: &StringMatch) -> String {
+    if let Some(v) = &m.exact {
+        format!("={v}")
+    } else if let Some(v) = &m.prefix {
+        format!("^={v}")
+    } else if let Some(v) = &m.regex {
+        format!("~={v}")
+    } else {
+        " present".into()
+    }
+}
+
+/// One match block in a short form: `{header x-user=alice, sourceLabels app=web}`.
+fn match_summary(m: &HttpMatchRequest) -> String {
+    let mut parts = vec![];
+    for (label, value) in [
+        ("uri", &m.uri),
+        ("method", &m.method),
+        ("authority", &m.authority),
+        ("scheme", &m.scheme),
+    ] {
+        if let Some(v) = value {
+            parts.push(format!("{label}{}", string_match(v)));
+        }
+    }
+    for (k, v) in &m.headers {
+        parts.push(format!("header {k}{}", string_match(v)));
+    }
+    for (k, v) in &m.without_headers {
+        parts.push(format!("without header {k}{}", string_match(v)));
+    }
+    for (k, v) in &m.query_params {
+        parts.push(format!("query {k}{}", string_match(v)));
+    }
+    if !m.source_labels.is_empty() {
+        let labels: Vec<String> = m
+            .source_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.push(format!("sourceLabels {}", labels.join(",")));
+    }
+    if let Some(ns) = &m.source_namespace {
+        parts.push(format!("sourceNamespace {ns}"));
+    }
+    if let Some(port) = m.port {
+        parts.push(format!("port {port}"));
+    }
+    format!("{{{}}}", parts.join(", "))
 }
 
 #[cfg(test)]

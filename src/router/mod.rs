@@ -30,6 +30,13 @@ pub enum Error {
     /// The Canary asks for what this router cannot express: the field at fault.
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
+    /// A live object's spec is not of the shape its kind has.
+    #[error("reading {kind} {name} back: {source}")]
+    ReadBack {
+        kind: &'static str,
+        name: String,
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -143,6 +150,40 @@ pub struct MetricsPods {
     pub port: u16,
 }
 
+/// The routes a live object holds, read back as the data plane will apply them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveRoutes {
+    /// The field that lists the rules: `http` in a VirtualService, `rules` in an HTTPRoute.
+    pub rules_field: &'static str,
+    pub rules: Vec<LiveRule>,
+}
+
+/// One rule of [`LiveRoutes`], in the order the object lists them.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LiveRule {
+    pub name: Option<String>,
+    /// Each match block in a short form (`{header x-user=alice, uri^=/api}`); any one
+    /// selects the rule, and none selects every request.
+    pub matches: Vec<String>,
+    /// Backends with their weights as written: each takes its share of their sum.
+    pub backends: Vec<(String, u32)>,
+    /// Backends that get a copy of a percentage of the requests.
+    pub mirrors: Vec<(String, f64)>,
+}
+
+impl LiveRoutes {
+    /// The weight of `backend` in the first rule that has it among several backends (the
+    /// weighted split), as a percentage of that rule's weights.
+    pub fn percent_of(&self, backend: &str) -> Option<f64> {
+        self.rules.iter().find_map(|rule| {
+            let total: u64 = rule.backends.iter().map(|(_, w)| u64::from(*w)).sum();
+            let (_, weight) = rule.backends.iter().find(|(b, _)| b == backend)?;
+            (rule.backends.len() > 1 && total > 0)
+                .then(|| f64::from(*weight) * 100.0 / total as f64)
+        })
+    }
+}
+
 /// One traffic router (a `spec.provider`).
 pub trait TrafficRouter: Send + Sync {
     fn kind(&self) -> RouterKind;
@@ -166,6 +207,13 @@ pub trait TrafficRouter: Send + Sync {
 
     /// Objects that carry the weights, mirroring and session cookies (e.g. the VirtualService).
     fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error>;
+
+    /// The kind of the object [`route_objects`](Self::route_objects) renders for the
+    /// weights; it is named after the apex Service.
+    fn route_kind(&self) -> Kind;
+
+    /// The routes the live copy of that object holds.
+    fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error>;
 
     /// Every kind [`static_objects`](Self::static_objects) and
     /// [`route_objects`](Self::route_objects) render. The controller watches them, so a
@@ -238,6 +286,12 @@ impl Routers {
                 }),
             },
         }
+    }
+
+    /// Routers for reading live objects back, where the router's image and replicas do
+    /// not matter.
+    pub fn for_reading() -> Self {
+        Routers::new(String::new(), 1)
     }
 
     /// Every router, in the order of [`RouterKind::ALL`].

@@ -22,7 +22,8 @@ use kube::ResourceExt;
 
 use super::istio::{self, IstioRouter};
 use super::{
-    spec_differs, to_dynamic, Error, Kind, MetricsPods, SharedObjects, TrafficRouter, Watched,
+    spec_differs, to_dynamic, Error, Kind, LiveRoutes, MetricsPods, SharedObjects, TrafficRouter,
+    Watched,
 };
 use crate::analysis::Reporter;
 use crate::api::{Canary, RouterKind};
@@ -104,6 +105,14 @@ impl TrafficRouter for SluiceRouter {
     fn route_objects(&self, canary: &Canary, routes: Routes) -> Result<Vec<DynamicObject>, Error> {
         let vs = istio::virtual_service(canary, routes);
         Ok(vec![to_dynamic("VirtualService", &vs.name_any(), &vs)?])
+    }
+
+    fn route_kind(&self) -> Kind {
+        Kind::VIRTUAL_SERVICE
+    }
+
+    fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error> {
+        istio::read_virtual_service(live)
     }
 
     fn watched(&self) -> Vec<Watched> {

@@ -43,6 +43,25 @@ spec:
     )
 }
 
+/// What `kubectl sluice get` prints for the namespace's Canary.
+fn sluice_get(ns: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
+        .args(["-n", ns, "get", "catalog-release"])
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .expect("kubectl-sluice runs");
+    if !out.status.success() {
+        fail(
+            ns,
+            &format!(
+                "kubectl sluice get failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `primary canary` weights of the HTTPRoute's weighted rule (the last one).
 fn route_weights(ns: &str) -> Option<String> {
     let weights = jsonpath(
@@ -82,6 +101,16 @@ fn gateway_api_release_walks_the_http_route() {
     assert_eq!(
         jsonpath(ns, "httproute/catalog", "{.spec.rules[0].timeouts}").as_deref(),
         Some(r#"{"backendRequest":"5s","request":"10s"}"#)
+    );
+    // `kubectl sluice get` reads the live HTTPRoute back through the Canary's router.
+    let tree = sluice_get(ns);
+    assert!(
+        tree.contains("HTTPRoute/catalog\n")
+            && tree
+                .lines()
+                .any(|l| l.contains("rules[0]")
+                    && l.ends_with("catalog-primary 100 catalog-canary 0")),
+        "kubectl sluice get should show the HTTPRoute's weighted rule:\n{tree}"
     );
 
     // v2: the HTTPRoute carries each weight the status shows, and a sticky rule for
@@ -247,9 +276,16 @@ spec:
         },
     );
     assert!(conditions.contains("ResolvedRefs=True"), "{conditions}");
-    assert_eq!(
-        jsonpath(ns, "svc/catalog", "{.spec.selector}").as_deref(),
-        Some(r#"{"app.kubernetes.io/name":"sluice-router"}"#)
+    // The apex Service is pointed at the router once the router and the primary both
+    // have an available pod, which may come after Initialized.
+    wait_for(
+        ns,
+        "the apex Service pointed at sluice-router",
+        Duration::from_secs(60),
+        || {
+            let selector = jsonpath(ns, "svc/catalog", "{.spec.selector}")?;
+            (selector == r#"{"app.kubernetes.io/name":"sluice-router"}"#).then_some(())
+        },
     );
 
     // The HTTPRoute's weights, enforced by the router, are what the answers show.
