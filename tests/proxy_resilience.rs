@@ -88,10 +88,24 @@ async fn retries_fix_503_then_500_needs_5xx_then_408_needs_its_code() {
             ROUND_ROBIN,
         )))
         .unwrap();
+    // `attempts` without `retryOn` takes the mesh default's conditions, which since
+    // Istio 1.24 list no retriable code; `default_retry_503` puts 503 back.
     assert_eq!(
         failures(&client, &proxy, 20).await,
+        10,
+        "attempts: 2 leaves 503 alone by default"
+    );
+    let mut with_503 = settings("istioinaction", false);
+    with_503.default_retry_503 = true;
+    let proxy_503 = start_proxy(
+        &backend_yaml(&[b503.addr], "      retries: {attempts: 2}", ROUND_ROBIN),
+        with_503,
+    )
+    .await;
+    assert_eq!(
+        failures(&client, &proxy_503, 20).await,
         0,
-        "attempts: 2 retries 503 by default"
+        "attempts: 2 retries 503 with default_retry_503"
     );
 
     let b500 = demo("simple-backend", "v1", |c| c.error_cycle = cycle(500)).await;
@@ -145,10 +159,16 @@ async fn retries_fix_503_then_500_needs_5xx_then_408_needs_its_code() {
         0,
         "retriable status code 408"
     );
+    // The admin view prints the conditions as Istio writes them.
+    let routes = client.admin(&proxy, "/config/routes").await.body;
+    assert!(
+        routes.contains(r#""retryOn": "5xx,retriable-status-codes,408""#),
+        "{routes}"
+    );
 
     let metrics = client.admin(&proxy, "/metrics").await.body;
     assert!(
-        metric_sum(&metrics, "sluice_proxy_upstream_retries_total", &[]) >= 30.0,
+        metric_sum(&metrics, "sluice_proxy_upstream_retries_total", &[]) >= 20.0,
         "{metrics}"
     );
 }
@@ -409,6 +429,52 @@ async fn mesh_default_retries_cover_connect_failures_and_can_be_turned_off() {
         ),
         10.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_default_retries_503_only_when_configured_to() {
+    let client = HttpClient::default();
+    // Every other call answers 503; sequential requests make the pattern deterministic.
+    let b503 = demo("simple-backend", "v1", |c| c.error_cycle = cycle(503)).await;
+    let yaml = backend_yaml(&[b503.addr], "", ROUND_ROBIN);
+
+    let current = start_proxy(&yaml, settings("istioinaction", true)).await;
+    assert_eq!(
+        failures(&client, &current, 20).await,
+        10,
+        "Istio 1.24+: the mesh default does not retry 503"
+    );
+
+    let mut with_503 = settings("istioinaction", true);
+    with_503.default_retry_503 = true;
+    let before_1_24 = start_proxy(&yaml, with_503).await;
+    assert_eq!(
+        failures(&client, &before_1_24, 20).await,
+        0,
+        "with default_retry_503 the mesh default retries 503"
+    );
+    let metrics = client.admin(&before_1_24, "/metrics").await.body;
+    assert_eq!(
+        metric_sum(&metrics, "sluice_proxy_upstream_retries_total", &[]),
+        20.0,
+        "each first try meets a 503 (the retry takes the cycle's next step): {metrics}"
+    );
+    for (proxy, retry_on) in [
+        (
+            &current,
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+        ),
+        (
+            &before_1_24,
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503",
+        ),
+    ] {
+        let status = client.admin(proxy, "/config/status").await.body;
+        assert!(
+            status.contains(&format!(r#""retryOn": "{retry_on}""#)),
+            "{status}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,10 @@ struct Args {
     /// for routes without `retries`; `false` = defaultHttpRetryPolicy.attempts=0.
     #[arg(long, env = "SLUICE_DEFAULT_RETRIES", default_value_t = true, action = clap::ArgAction::Set)]
     default_retries: bool,
+    /// Retry 503 in the mesh default policy, as Istio did before 1.24
+    /// (EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY=false); it re-sends non-idempotent requests.
+    #[arg(long, env = "SLUICE_DEFAULT_RETRY_503", default_value_t = false, action = clap::ArgAction::Set)]
+    default_retry_503: bool,
     /// Append `-shadow` to mirrored copies' Host (Istio <= 1.27 behaviour).
     #[arg(long, env = "SLUICE_SHADOW_HOST_SUFFIX", default_value_t = true, action = clap::ArgAction::Set)]
     shadow_host_suffix: bool,
@@ -167,6 +171,7 @@ async fn main() -> anyhow::Result<()> {
         },
         zone: args.zone.clone(),
         default_retries: args.default_retries,
+        default_retry_503: args.default_retry_503,
         router: args.router,
     };
     let options = ProxyOptions {

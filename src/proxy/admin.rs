@@ -69,6 +69,7 @@ fn handle(proxy: &Proxy, req: Request<Incoming>, peer: IpAddr) -> Response<Full<
             "rejectedObjects": proxy.rejected_objects(),
             "warnings": snapshot.warnings,
             "defaultRetries": snapshot.default_retry.is_some(),
+            "defaultRetryPolicy": snapshot.default_retry.as_ref().map(retry_view),
         })),
         "/stats" => text(StatusCode::OK, "text/plain", envoy_stats(&snapshot)),
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -158,11 +159,7 @@ pub fn routes_view(snapshot: &Snapshot) -> Value {
                         "match": matches,
                         "route": destinations,
                         "timeout": r.timeout.map(|t| format!("{}ms", t.as_millis())),
-                        "retries": r.retries.as_ref().map(|p| json!({
-                            "attempts": p.attempts,
-                            "perTryTimeout": p.per_try_timeout.map(|t| format!("{}ms", t.as_millis())),
-                            "conditions": format!("{:?}", p.conditions),
-                        })),
+                        "retries": r.retries.as_ref().map(retry_view),
                         "mirrors": r.mirrors.iter().map(|m| json!({"cluster": m.cluster.to_string(), "percent": m.percent})).collect::<Vec<_>>(),
                         "fault": r.fault.as_ref().map(|f| format!("{f:?}")),
                     })
@@ -172,6 +169,15 @@ pub fn routes_view(snapshot: &Snapshot) -> Value {
         })
         .collect();
     json!(hosts)
+}
+
+/// A retry policy as a VirtualService's `retries` writes it.
+fn retry_view(p: &crate::proxy::resilience::RetryPolicy) -> Value {
+    json!({
+        "attempts": p.attempts,
+        "perTryTimeout": p.per_try_timeout.map(|t| format!("{}ms", t.as_millis())),
+        "retryOn": p.conditions.to_string(),
+    })
 }
 
 pub fn clusters_view(snapshot: &Snapshot) -> Value {

@@ -49,7 +49,33 @@ pub struct RetryConditions {
     pub retriable_status_codes: bool,
     /// Codes from `retriable-status-codes`; bare codes in `retryOn` land here too.
     pub codes: Vec<u16>,
+    /// Accepted conditions that never fire here (gRPC statuses, header-based ones), kept
+    /// in the order written so the policy prints back as it was given.
+    pub not_enforced: Vec<&'static str>,
 }
+
+/// The conditions sluice-proxy enforces, in the order [`RetryConditions`] prints them.
+const ENFORCED: [&str; 6] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-4xx",
+    "refused-stream",
+];
+
+/// Conditions Envoy accepts that cannot be true over HTTP/1.1 without gRPC: accepted and
+/// printed back, as Envoy does for non-gRPC responses.
+const NOT_ENFORCED: [&str; 8] = [
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+    "retriable-headers",
+    "envoy-ratelimited",
+    "http3-post-connect-failure",
+];
 
 impl RetryConditions {
     /// Parses Istio's comma list (`5xx,gateway-error,503`).
@@ -64,20 +90,19 @@ impl RetryConditions {
                 "retriable-4xx" => c.retriable_4xx = true,
                 "refused-stream" => c.refused_stream = true,
                 "retriable-status-codes" => c.retriable_status_codes = true,
-                // gRPC conditions and header-based ones: accepted, never true over HTTP/1.1
-                // without gRPC, which is what Envoy does for non-gRPC responses.
-                "cancelled"
-                | "deadline-exceeded"
-                | "internal"
-                | "resource-exhausted"
-                | "unavailable"
-                | "retriable-headers"
-                | "envoy-ratelimited"
-                | "http3-post-connect-failure" => {}
+                other if NOT_ENFORCED.contains(&other) => {
+                    if let Some(name) = NOT_ENFORCED.into_iter().find(|n| *n == other) {
+                        if !c.not_enforced.contains(&name) {
+                            c.not_enforced.push(name);
+                        }
+                    }
+                }
                 code => match code.parse::<u16>() {
                     Ok(code) if (100..600).contains(&code) => {
                         c.retriable_status_codes = true;
-                        c.codes.push(code);
+                        if !c.codes.contains(&code) {
+                            c.codes.push(code);
+                        }
                     }
                     _ => {
                         return Err(Error::UnknownRetryCondition {
@@ -89,6 +114,17 @@ impl RetryConditions {
             }
         }
         Ok(c)
+    }
+
+    fn enforced(&self) -> [bool; 6] {
+        [
+            self.five_xx,
+            self.gateway_error,
+            self.reset,
+            self.connect_failure,
+            self.retriable_4xx,
+            self.refused_stream,
+        ]
     }
 
     pub fn should_retry(&self, outcome: TryOutcome) -> bool {
@@ -109,6 +145,25 @@ impl RetryConditions {
     }
 }
 
+/// Istio's `retryOn` form (`5xx,connect-failure,retriable-status-codes,503`), which
+/// [`RetryConditions::parse`] reads back to the same conditions.
+impl std::fmt::Display for RetryConditions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = ENFORCED
+            .iter()
+            .zip(self.enforced())
+            .filter_map(|(name, on)| on.then_some(*name))
+            .chain(self.not_enforced.iter().copied())
+            .chain(
+                self.retriable_status_codes
+                    .then_some("retriable-status-codes"),
+            );
+        let codes = self.codes.iter().map(u16::to_string);
+        let all: Vec<String> = names.map(str::to_string).chain(codes).collect();
+        f.write_str(&all.join(","))
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first try (Istio's `attempts`); 0 = off.
@@ -121,15 +176,21 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Istio's mesh default for routes without `retries` (1.24+): 2 retries on
-    /// connect-failure, refused-stream, unavailable, cancelled.
-    pub fn mesh_default() -> Self {
+    /// Istio's mesh default for routes without `retries`: 2 retries on
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`.
+    /// Istio 1.24+ lists no retriable code (`EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY`,
+    /// on by default, because retrying 503 re-sent non-idempotent requests); `retry_503`
+    /// restores the 503 of earlier releases.
+    pub fn mesh_default(retry_503: bool) -> Self {
         RetryPolicy {
             attempts: 2,
             per_try_timeout: None,
             conditions: RetryConditions {
                 connect_failure: true,
                 refused_stream: true,
+                not_enforced: vec!["unavailable", "cancelled"],
+                retriable_status_codes: true,
+                codes: if retry_503 { vec![503] } else { Vec::new() },
                 ..Default::default()
             },
             backoff: Backoff::default(),
@@ -515,8 +576,74 @@ mod tests {
         assert!(p.allows_retry(2, o));
         assert!(!p.allows_retry(3, o));
         assert!(!RetryPolicy::off().allows_retry(1, o));
-        assert!(!RetryPolicy::mesh_default().allows_retry(1, o));
-        assert!(RetryPolicy::mesh_default().allows_retry(1, TryOutcome::ConnectFailure));
+    }
+
+    #[test]
+    fn the_mesh_default_retries_503_only_when_asked() {
+        let (current, before_1_24) = (
+            RetryPolicy::mesh_default(false),
+            RetryPolicy::mesh_default(true),
+        );
+        let cases = [
+            (TryOutcome::Response(503), false, true),
+            (TryOutcome::Response(500), false, false),
+            (TryOutcome::Response(502), false, false),
+            (TryOutcome::ConnectFailure, true, true),
+            (TryOutcome::Reset, true, true),
+            (TryOutcome::Timeout, false, false),
+        ];
+        for (outcome, want_current, want_before) in cases {
+            assert_eq!(
+                current.allows_retry(1, outcome),
+                want_current,
+                "{outcome:?}"
+            );
+            assert_eq!(
+                before_1_24.allows_retry(1, outcome),
+                want_before,
+                "{outcome:?}"
+            );
+        }
+        assert!(!before_1_24.allows_retry(3, TryOutcome::Response(503)));
+        assert_eq!(
+            current.conditions.to_string(),
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes"
+        );
+        assert_eq!(
+            before_1_24.conditions.to_string(),
+            "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes,503"
+        );
+    }
+
+    #[test]
+    fn retry_conditions_print_as_istio_writes_them_and_read_back() {
+        let cases = [
+            ("", ""),
+            ("5xx", "5xx"),
+            ("connect-failure,5xx", "5xx,connect-failure"),
+            (
+                "gateway-error, 503 ,409",
+                "gateway-error,retriable-status-codes,503,409",
+            ),
+            ("unavailable,reset,unavailable", "reset,unavailable"),
+            (
+                "retriable-status-codes,503,503",
+                "retriable-status-codes,503",
+            ),
+            (
+                "retriable-4xx,refused-stream,deadline-exceeded",
+                "retriable-4xx,refused-stream,deadline-exceeded",
+            ),
+        ];
+        for (written, printed) in cases {
+            let c = RetryConditions::parse("retryOn", written).unwrap();
+            assert_eq!(c.to_string(), printed, "{written:?}");
+            assert_eq!(
+                RetryConditions::parse("retryOn", printed).unwrap(),
+                c,
+                "{written:?}"
+            );
+        }
     }
 
     #[test]

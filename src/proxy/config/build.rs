@@ -106,7 +106,13 @@ pub fn build(
     for vs in services {
         let object = object_name("VirtualService", &vs.metadata, default_ns);
         let ns = vs.metadata.namespace.as_deref().unwrap_or(default_ns);
-        let vhost = build_virtual_host(&object, ns, &vs.spec, &mut referenced)?;
+        let vhost = build_virtual_host(
+            &object,
+            ns,
+            &vs.spec,
+            &mut referenced,
+            settings.default_retry_503,
+        )?;
         warnings.extend(unsupported_in_virtual_service(&object, &vs.spec));
         if !settings.identity.acts_as(&vs.spec.gateways) {
             continue;
@@ -229,7 +235,9 @@ pub fn build(
     Ok(Snapshot {
         table,
         clusters,
-        default_retry: settings.default_retries.then(RetryPolicy::mesh_default),
+        default_retry: settings
+            .default_retries
+            .then(|| RetryPolicy::mesh_default(settings.default_retry_503)),
         warnings,
         callers,
         unknown_caller,

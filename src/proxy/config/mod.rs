@@ -115,6 +115,10 @@ pub struct ProxySettings {
     pub zone: String,
     /// Istio's mesh default retry policy for routes without `retries`.
     pub default_retries: bool,
+    /// 503 among the mesh default's retriable codes (Istio before 1.24, or
+    /// `EXCLUDE_UNSAFE_503_FROM_DEFAULT_RETRY=false`); also used for `retries` without
+    /// `retryOn`.
+    pub default_retry_503: bool,
     /// Router mode: the proxy is a shared hop, not a sidecar. Each request's identity is
     /// its caller's (looked up by peer address among `callers`), not `identity`'s, and the
     /// caller's address is appended to `X-Forwarded-For`.
@@ -132,6 +136,7 @@ impl Default for ProxySettings {
             },
             zone: String::new(),
             default_retries: true,
+            default_retry_503: false,
             router: false,
         }
     }

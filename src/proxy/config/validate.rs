@@ -20,7 +20,8 @@ pub fn check_virtual_service(
     let object = object_name("VirtualService", &vs.metadata, default_ns);
     require_name(&object, &vs.metadata)?;
     let ns = vs.metadata.namespace.as_deref().unwrap_or(default_ns);
-    build_virtual_host(&object, ns, &vs.spec, &mut BTreeSet::new()).map(|_| ())
+    // The default retry codes do not change whether the object is valid.
+    build_virtual_host(&object, ns, &vs.spec, &mut BTreeSet::new(), false).map(|_| ())
 }
 
 /// Like `check_virtual_service`, for a DestinationRule.

@@ -17,6 +17,7 @@ pub(super) fn build_virtual_host(
     namespace: &str,
     spec: &VirtualServiceSpec,
     referenced: &mut BTreeSet<ClusterKey>,
+    default_retry_503: bool,
 ) -> Result<VirtualHost, Error> {
     if spec.hosts.is_empty() {
         return Err(invalid(
@@ -33,6 +34,7 @@ pub(super) fn build_virtual_host(
             &format!("spec.http[{i}]"),
             http,
             referenced,
+            default_retry_503,
         )?);
     }
     Ok(VirtualHost {
@@ -59,6 +61,7 @@ fn build_route(
     field: &str,
     http: &HttpRoute,
     referenced: &mut BTreeSet<ClusterKey>,
+    default_retry_503: bool,
 ) -> Result<Route, Error> {
     let mut matches = Vec::with_capacity(http.matches.len());
     for (j, m) in http.matches.iter().enumerate() {
@@ -168,16 +171,18 @@ fn build_route(
                     },
                 });
             }
-            // Istio's default retryOn when unset.
-            let retry_on = r
-                .retry_on
-                .as_deref()
-                .unwrap_or("connect-failure,refused-stream,unavailable,cancelled,503");
-            let conditions = RetryConditions::parse(&format!("{field}.retries.retryOn"), retry_on)
-                .map_err(|source| Error::Resilience {
-                    object: object.into(),
-                    source,
-                })?;
+            // Unset retryOn: the mesh default's conditions, as Istio fills them in.
+            let conditions = match r.retry_on.as_deref() {
+                None => RetryPolicy::mesh_default(default_retry_503).conditions,
+                Some(retry_on) => {
+                    RetryConditions::parse(&format!("{field}.retries.retryOn"), retry_on).map_err(
+                        |source| Error::Resilience {
+                            object: object.into(),
+                            source,
+                        },
+                    )?
+                }
+            };
             let per_try_timeout = r
                 .per_try_timeout
                 .as_deref()
