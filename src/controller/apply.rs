@@ -2,7 +2,7 @@
 //! cached copy already holds what would be written. Both the release (`reconcile`) and
 //! the revert on deletion (`revert`) write through here.
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -30,6 +30,14 @@ pub enum Error {
     Serialize(&'static str, serde_json::Error),
     #[error("Canary has no namespace")]
     NoNamespace,
+    /// A router rendered a kind it does not list among its watched kinds: the controller
+    /// could not see it edited or deleted, so it is not written.
+    #[error("provider {provider} rendered {api_version} {kind}, which it does not list among the kinds it watches")]
+    UnwatchedKind {
+        provider: &'static str,
+        api_version: String,
+        kind: String,
+    },
     /// The router writes kinds whose CRDs are not installed.
     #[error("provider {provider} writes {kinds}, which this cluster does not serve: install the CRDs (for Istio's kinds, Istio or the chart's istio-crds; for HTTPRoutes, the Gateway API's standard channel); the controller starts watching them within a minute")]
     NotServed {
@@ -49,6 +57,7 @@ impl Error {
             Error::Serialize(..) => "serialize",
             Error::NoNamespace => "no_namespace",
             Error::NotServed { .. } => "not_served",
+            Error::UnwatchedKind { .. } => "unwatched_kind",
         }
     }
 
@@ -112,7 +121,19 @@ pub(super) async fn apply_dynamic(
     mut obj: DynamicObject,
 ) -> Result<bool, Error> {
     obj.metadata.namespace = Some(ns.to_string());
-    let types = obj.types.clone().unwrap_or_default();
+    let Some(kind) = router
+        .watched()
+        .into_iter()
+        .map(|w| w.kind)
+        .find(|k| k.is_kind_of(&obj))
+    else {
+        let types = obj.types.unwrap_or_default();
+        return Err(Error::UnwatchedKind {
+            provider: router.kind().as_str(),
+            api_version: types.api_version,
+            kind: types.kind,
+        });
+    };
     let hash = content_hash(&obj)?;
     let unchanged = ctx.stores.routed_copy(&obj).is_some_and(|live| {
         live.annotations().get(APPLIED_HASH) == Some(&hash) && !router.drifted(&obj, &live)
@@ -121,12 +142,8 @@ pub(super) async fn apply_dynamic(
         return Ok(false);
     }
     obj.annotations_mut().insert(APPLIED_HASH.into(), hash);
-    let (group, version) = match types.api_version.split_once('/') {
-        Some((g, v)) => (g.to_string(), v.to_string()),
-        None => (String::new(), types.api_version.clone()),
-    };
-    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, &version, &types.kind));
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &resource);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), ns, &kind.api_resource());
     ctx.metrics.api_calls.inc();
     api.patch(
         &obj.name_any(),
@@ -329,6 +346,31 @@ mod tests {
                 assert_one_field_manager(&req.query);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_kind_the_router_does_not_watch_is_not_written() {
+        let c = canary();
+        let routers = Routers::new("sluice-proxy:test".into(), 2);
+        let deployment = routers
+            .for_kind(crate::api::RouterKind::Sluice)
+            .static_objects(&c)
+            .unwrap()
+            .into_iter()
+            .find(|o| Kind::DEPLOYMENT.is_kind_of(o))
+            .unwrap();
+        let (client, seen) = mock_client(|req| (200, req.body.clone()));
+        let ctx = context(client, Vec::new());
+        let istio = routers.for_kind(crate::api::RouterKind::Istio);
+        let err = apply_dynamic(&ctx, istio, "shop", deployment)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "provider istio rendered apps/v1 Deployment, which it does not list among the kinds it watches"
+        );
+        assert_eq!(err.label(), "unwatched_kind");
+        assert!(seen.lock().unwrap().is_empty(), "no request is made");
     }
 
     #[tokio::test]

@@ -425,6 +425,50 @@ mod tests {
     }
 
     #[test]
+    fn every_object_a_router_renders_is_of_a_kind_it_watches() {
+        // The controller writes only watched kinds (it could not see the others edited
+        // or deleted), so each router must list every kind it renders.
+        let canary: Canary = serde_yaml::from_str(
+            r#"
+apiVersion: sluice.dev/v1beta1
+kind: Canary
+metadata: {name: web, namespace: shop, uid: u1}
+spec:
+  targetRef: {kind: Deployment, name: web}
+  service: {port: 80, gatewayRefs: [{name: public}]}
+  analysis: {stepWeight: 10, sessionAffinity: {cookieName: web-canary}}
+"#,
+        )
+        .unwrap();
+        let routers = Routers::new("img".into(), 1);
+        let mirrored = Routes {
+            mirror: Some(50),
+            ..Routes::canary(0)
+        };
+        let sticky = Routes {
+            session: Some("web-canary=abc".into()),
+            ..Routes::canary(20)
+        };
+        for router in routers.all() {
+            let mut objects = router.static_objects(&canary).unwrap();
+            for routes in [Routes::canary(20), mirrored.clone(), sticky.clone()] {
+                objects.extend(router.route_objects(&canary, routes).unwrap());
+            }
+            assert!(!objects.is_empty(), "{:?}", router.kind());
+            let watched = router.watched();
+            for o in &objects {
+                assert!(
+                    watched.iter().any(|w| w.kind.is_kind_of(o)),
+                    "{:?} renders {:?} without watching it",
+                    router.kind(),
+                    o.types
+                );
+            }
+            assert!(objects.iter().any(|o| router.route_kind().is_kind_of(o)));
+        }
+    }
+
+    #[test]
     fn kinds_name_their_api_group() {
         let cases = [
             (Kind::DEPLOYMENT, "apps/v1", "deployments"),
