@@ -39,7 +39,9 @@ pub(super) async fn ensure_objects(
     ctx: &Context,
 ) -> Result<Applied, Error> {
     let client = &ctx.client;
-    // Rendered before anything is written: a spec the router cannot express writes nothing.
+    // Judged and rendered before anything is written: a spec the router cannot express
+    // writes nothing.
+    router.validate(canary)?;
     let static_objects = router.static_objects(canary)?;
     let route_objects = match &plan.routes {
         Some(routes) => router.route_objects(canary, routes.clone())?,

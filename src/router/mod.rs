@@ -202,6 +202,13 @@ pub trait TrafficRouter: Send + Sync {
         None
     }
 
+    /// Whether the router can express the Canary's spec, whatever the weights: the
+    /// controller asks before it writes anything, even when no route changes, so a spec
+    /// error is reported at once and nothing is half-applied.
+    fn validate(&self, _canary: &Canary) -> Result<(), Error> {
+        Ok(())
+    }
+
     /// Objects that do not change with the weights (e.g. DestinationRules).
     fn static_objects(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error>;
 
