@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
-use super::apply::{apply, Error, FIELD_MANAGER};
+use super::apply::{apply, apply_dynamic, Error, FIELD_MANAGER};
 use super::context::Context;
 use super::observe::workload_state;
 use crate::api::Canary;
@@ -85,6 +85,7 @@ pub async fn on_deletion(canary: &Canary, ctx: &Context) -> Result<Action, Error
             if let Some(target) = &target {
                 restore_apex(canary, &ns, target, ctx).await?;
             }
+            hand_back_routes(canary, &ns, ctx).await?;
             ctx.metrics.api_calls.inc();
             if let Err(err) = ctx
                 .events
@@ -98,6 +99,25 @@ pub async fn on_deletion(canary: &Canary, ctx: &Context) -> Result<Action, Error
     }
     write_finalizers(canary, rollout::finalizers_without_ours(canary), ctx).await?;
     Ok(Action::await_change())
+}
+
+/// Writes the objects the router keeps once the Canary is gone, without the owner
+/// reference (the field manager dropping it removes it). A spec the router cannot render
+/// any more does not hold the deletion: the routes then go with the Canary.
+async fn hand_back_routes(canary: &Canary, ns: &str, ctx: &Context) -> Result<(), Error> {
+    let router = ctx.router(canary);
+    let objects = match router.finalize(canary) {
+        Ok(objects) => objects,
+        Err(err) => {
+            tracing::warn!(canary = %canary.name_any(), error = %err, "no routes handed back");
+            return Ok(());
+        }
+    };
+    for mut obj in objects {
+        obj.metadata.owner_references = None;
+        apply_dynamic(ctx, router, ns, obj).await?;
+    }
+    Ok(())
 }
 
 /// The apex Service selects the target's pods again, and is unowned, so the garbage

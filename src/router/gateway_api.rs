@@ -110,6 +110,14 @@ impl TrafficRouter for GatewayApiRouter {
         HTTP_ROUTE
     }
 
+    fn finalize(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
+        Ok(handed_back_route(canary)?
+            .map(|route| to_dynamic("HTTPRoute", &route.name_any(), &route))
+            .transpose()?
+            .into_iter()
+            .collect())
+    }
+
     fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error> {
         let spec = live.data.get("spec").cloned().unwrap_or_default();
         let spec: HttpRouteSpec =
@@ -262,6 +270,36 @@ pub fn http_route(canary: &Canary, routes: Routes) -> Result<HTTPRoute, Error> {
         },
         status: None,
     })
+}
+
+/// The HTTPRoute left to a Canary's Gateways once it is deleted with `revertOnDeletion`:
+/// its Gateway parents, hostnames, matches, filters and timeouts as they were, with every
+/// request sent to the apex Service. None when only Services (the mesh) are parents.
+pub fn handed_back_route(canary: &Canary) -> Result<Option<HTTPRoute>, Error> {
+    let mut route = http_route(canary, Routes::ALL_PRIMARY)?;
+    route
+        .spec
+        .parent_refs
+        .retain(|p| p.kind.as_deref() != Some("Service"));
+    // The last rule is the one every request not selected for the release takes.
+    let Some(mut rule) = route.spec.rules.pop() else {
+        return Ok(None);
+    };
+    if route.spec.parent_refs.is_empty() {
+        return Ok(None);
+    }
+    rule.backend_refs = vec![HttpBackendRef {
+        group: Some(String::new()),
+        kind: Some("Service".into()),
+        name: canary.service_name().to_string(),
+        namespace: None,
+        port: Some(canary.spec.service.port),
+        weight: None,
+        filters: vec![],
+    }];
+    route.spec.rules = vec![rule];
+    route.metadata.owner_references = None;
+    Ok(Some(route))
 }
 
 fn invalid(field: impl Into<String>, problem: impl Into<String>) -> Error {
@@ -869,6 +907,55 @@ spec:
 
     fn render(c: &Canary, routes: Routes) -> serde_json::Value {
         serde_json::to_value(http_route(c, routes).unwrap().spec).unwrap()
+    }
+
+    #[test]
+    fn the_gateways_keep_a_route_to_the_apex_service_after_a_revert() {
+        let gateway = "{name: public, namespace: edge}";
+        let mesh = r#"{group: "", kind: Service, name: podinfo}"#;
+        let ab = "{stepWeight: 10, match: [{headers: {x-user: {exact: alice}}}]}";
+        let sticky = "{stepWeight: 10, sessionAffinity: {cookieName: podinfo-canary}}";
+        // (gatewayRefs, analysis, the kinds of the parents kept)
+        let cases = [
+            (
+                format!("[{gateway}, {mesh}]"),
+                "{stepWeight: 10}",
+                Some(vec!["Gateway"]),
+            ),
+            (format!("[{gateway}]"), ab, Some(vec!["Gateway"])),
+            (format!("[{gateway}]"), sticky, Some(vec!["Gateway"])),
+            (format!("[{mesh}]"), "{stepWeight: 10}", None),
+        ];
+        for (refs, analysis, want) in cases {
+            let mut c = canary("    timeout: 10s", analysis);
+            c.spec.service.gateway_refs = serde_yaml::from_str(&refs).unwrap();
+            let route = handed_back_route(&c).unwrap();
+            let kinds = route.as_ref().map(|r| {
+                r.spec
+                    .parent_refs
+                    .iter()
+                    .map(|p| p.kind.clone().unwrap())
+                    .collect::<Vec<_>>()
+            });
+            assert_eq!(
+                kinds,
+                want.map(|w| w.into_iter().map(String::from).collect()),
+                "{refs} {analysis}"
+            );
+            let Some(route) = route else { continue };
+            assert!(route.metadata.owner_references.is_none());
+            assert_eq!(route.spec.hostnames, ["app.example.com"]);
+            let spec = serde_json::to_value(&route.spec).unwrap();
+            assert_eq!(
+                spec["rules"],
+                serde_json::json!([{
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                    "backendRefs": [{"group": "", "kind": "Service", "name": "podinfo", "port": 9898}],
+                    "timeouts": {"request": "10s"}
+                }]),
+                "{analysis}"
+            );
+        }
     }
 
     #[test]

@@ -222,6 +222,14 @@ pub trait TrafficRouter: Send + Sync {
     /// The routes the live copy of that object holds.
     fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error>;
 
+    /// Objects handed back, without the Canary's owner reference, when the Canary is
+    /// deleted with `revertOnDeletion`, after the apex Service selects the app's pods
+    /// again. Routes from outside the mesh (a Gateway) keep the app reachable through
+    /// them; mesh callers of the apex Service need nothing, so by default nothing is kept.
+    fn finalize(&self, _canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
+        Ok(vec![])
+    }
+
     /// Every kind [`static_objects`](Self::static_objects) and
     /// [`route_objects`](Self::route_objects) render. The controller watches them, so a
     /// change or a deletion by hand is seen at once and put back.
