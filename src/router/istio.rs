@@ -51,6 +51,13 @@ impl TrafficRouter for IstioRouter {
         read_virtual_service(live)
     }
 
+    fn finalize(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
+        handed_back_virtual_service(canary)
+            .map(|vs| to_dynamic("VirtualService", &vs.name_any(), &vs))
+            .into_iter()
+            .collect()
+    }
+
     fn watched(&self) -> Vec<Watched> {
         WATCHED.to_vec()
     }
@@ -199,6 +206,36 @@ pub fn virtual_service(canary: &Canary, routes: Routes) -> VirtualService {
             export_to: vec![],
         },
     }
+}
+
+/// The VirtualService left to the Canary's gateways (other than `mesh`) once it is
+/// deleted with `revertOnDeletion`: its hosts, matches, retries, timeout, headers and
+/// rewrite as they were, every request sent to the apex Service. None when the only
+/// gateway is the mesh, whose callers reach the apex Service directly.
+pub fn handed_back_virtual_service(canary: &Canary) -> Option<VirtualService> {
+    let mut vs = virtual_service(canary, Routes::ALL_PRIMARY);
+    vs.spec.gateways.retain(|g| g != "mesh");
+    if vs.spec.gateways.is_empty() {
+        return None;
+    }
+    // The last route is the one every request not selected for the release takes.
+    let mut route = vs.spec.http.pop()?;
+    route.route = vec![HttpRouteDestination {
+        destination: Destination {
+            host: canary.service_name().to_string(),
+            subset: None,
+            port: u32::try_from(canary.spec.service.port)
+                .ok()
+                .map(|number| PortSelector {
+                    number: Some(number),
+                }),
+        },
+        weight: None,
+        headers: None,
+    }];
+    vs.spec.http = vec![route];
+    vs.metadata.owner_references = None;
+    Some(vs)
 }
 
 /// Session affinity (`analysis.sessionAffinity`) for one set of routes: while the canary
@@ -425,6 +462,51 @@ spec:
             .iter()
             .map(|d| (d.destination.host.clone(), d.weight.unwrap_or(0)))
             .collect()
+    }
+
+    #[test]
+    fn the_gateways_keep_a_virtual_service_to_the_apex_service_after_a_revert() {
+        let canary = |gateways: &str, analysis: &str| -> Canary {
+            serde_yaml::from_str(&format!(
+                "apiVersion: sluice.dev/v1beta1\nkind: Canary\nmetadata: {{name: web, namespace: shop, uid: u1}}\nspec:\n  targetRef: {{kind: Deployment, name: web}}\n  service: {{port: 80, hosts: [web.example.com], gateways: {gateways}, timeout: 5s, retries: {{attempts: 3}}}}\n  analysis: {analysis}\n"
+            ))
+            .unwrap()
+        };
+        let ab = "{stepWeight: 10, match: [{headers: {x-user: {exact: alice}}}]}";
+        let sticky = "{stepWeight: 10, sessionAffinity: {cookieName: web-canary}}";
+        // (gateways, analysis, gateways kept)
+        let cases = [
+            (
+                "[public-gateway, mesh]",
+                "{stepWeight: 10}",
+                Some(vec!["public-gateway"]),
+            ),
+            ("[public-gateway]", ab, Some(vec!["public-gateway"])),
+            ("[public-gateway]", sticky, Some(vec!["public-gateway"])),
+            ("[mesh]", "{stepWeight: 10}", None),
+            ("[]", "{stepWeight: 10}", None),
+        ];
+        for (gateways, analysis, want) in cases {
+            let vs = handed_back_virtual_service(&canary(gateways, analysis));
+            assert_eq!(
+                vs.as_ref().map(|v| v.spec.gateways.clone()),
+                want.map(|w| w.into_iter().map(String::from).collect()),
+                "{gateways} {analysis}"
+            );
+            let Some(vs) = vs else { continue };
+            assert!(vs.metadata.owner_references.is_none());
+            assert_eq!(vs.spec.hosts, ["web.example.com", "web"]);
+            let http = serde_json::to_value(&vs.spec.http).unwrap();
+            assert_eq!(
+                http,
+                serde_json::json!([{
+                    "route": [{"destination": {"host": "web", "port": {"number": 80}}}],
+                    "timeout": "5s",
+                    "retries": {"attempts": 3}
+                }]),
+                "{gateways} {analysis}"
+            );
+        }
     }
 
     #[test]

@@ -115,6 +115,12 @@ impl TrafficRouter for SluiceRouter {
         istio::read_virtual_service(live)
     }
 
+    /// A gateway's VirtualService stays, as with Istio; sluice-router itself serves only
+    /// the mesh, which needs nothing once the apex selects the app again.
+    fn finalize(&self, canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
+        IstioRouter.finalize(canary)
+    }
+
     fn watched(&self) -> Vec<Watched> {
         istio::WATCHED.into_iter().chain(router_watched()).collect()
     }

@@ -278,7 +278,8 @@ fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
 }
 
 /// revertOnDeletion: deleting the Canary scales the target back up and leaves the apex
-/// Service selecting it; the primary goes.
+/// Service selecting it, and its gateway's VirtualService sending every request there;
+/// the primary goes.
 #[test]
 #[ignore = "needs the local cluster: run through hack/e2e.sh"]
 fn deleting_a_canary_with_revert_on_deletion_gives_the_app_back() {
@@ -297,7 +298,7 @@ fn deleting_a_canary_with_revert_on_deletion_gives_the_app_back() {
             "canary/catalog-release",
             "--type=merge",
             "-p",
-            r#"{"spec":{"revertOnDeletion":true}}"#,
+            r#"{"spec":{"revertOnDeletion":true,"service":{"gateways":["edge-gateway","mesh"]}}}"#,
         ],
     );
     wait_for(ns, "the revert finalizer", Duration::from_secs(30), || {
@@ -332,6 +333,13 @@ fn deleting_a_canary_with_revert_on_deletion_gives_the_app_back() {
                 .is_err()
                 .then_some(())
         },
+    );
+    let handed_back = |path: &str| jsonpath(ns, "virtualservice/catalog", path).unwrap_or_default();
+    assert_eq!(handed_back("{.metadata.ownerReferences}"), "");
+    assert_eq!(handed_back("{.spec.gateways}"), r#"["edge-gateway"]"#);
+    assert_eq!(
+        handed_back("{range .spec.http[*]}{.route[*].destination.host}{\";\"}{end}"),
+        "catalog;"
     );
 }
 
