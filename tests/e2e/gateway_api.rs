@@ -225,42 +225,7 @@ fn gateway_api_release_walks_the_http_route() {
 
     // Deleted with revertOnDeletion, the Canary leaves its Gateway an HTTPRoute that
     // sends every request to the apex Service, which selects the app's pods again.
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "patch",
-            "canary/catalog-release",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"service":{"match":null},"revertOnDeletion":true}}"#,
-        ],
-    );
-    wait_for(ns, "the revert finalizer", Duration::from_secs(30), || {
-        jsonpath(ns, "canary/catalog-release", "{.metadata.finalizers}")?
-            .contains("sluice.dev/revert-on-deletion")
-            .then_some(())
-    });
-    must(
-        ns,
-        &["-n", ns, "delete", "canary/catalog-release", "--wait=false"],
-    );
-    wait_for(ns, "the Canary to be gone", Duration::from_secs(90), || {
-        kubectl(&["-n", ns, "get", "canary/catalog-release"])
-            .is_err()
-            .then_some(())
-    });
-    wait_for(
-        ns,
-        "the primary to be collected",
-        Duration::from_secs(60),
-        || {
-            kubectl(&["-n", ns, "get", "deploy/catalog-primary"])
-                .is_err()
-                .then_some(())
-        },
-    );
+    super::delete_with_revert(ns, r#","service":{"match":null}"#);
     let handed_back = |path: &str| jsonpath(ns, "httproute/catalog", path).unwrap_or_default();
     assert_eq!(handed_back("{.metadata.ownerReferences}"), "");
     assert_eq!(handed_back("{.spec.parentRefs[*].kind}"), "Gateway");

@@ -220,6 +220,42 @@ fn follow_release(ns: &str, timeout: Duration) -> Vec<(String, i32)> {
     seen
 }
 
+/// Sets `revertOnDeletion` on `catalog-release`, with `more_spec` (further fields of a
+/// JSON merge patch of `spec`, each after a comma), deletes it once its finalizer is on,
+/// and waits until it and its primary are gone.
+fn delete_with_revert(ns: &str, more_spec: &str) {
+    let patch = format!(r#"{{"spec":{{"revertOnDeletion":true{more_spec}}}}}"#);
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "patch",
+            "canary/catalog-release",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    );
+    wait_for(ns, "the revert finalizer", Duration::from_secs(30), || {
+        jsonpath(ns, "canary/catalog-release", "{.metadata.finalizers}")?
+            .contains("sluice.dev/revert-on-deletion")
+            .then_some(())
+    });
+    must(
+        ns,
+        &["-n", ns, "delete", "canary/catalog-release", "--wait=false"],
+    );
+    for (what, resource, secs) in [
+        ("the Canary to be gone", "canary/catalog-release", 90),
+        ("the primary to be collected", "deploy/catalog-primary", 60),
+    ] {
+        wait_for(ns, what, Duration::from_secs(secs), || {
+            kubectl(&["-n", ns, "get", resource]).is_err().then_some(())
+        });
+    }
+}
+
 fn initialize(ns: &str, interval: &str, deadline: u32) {
     apply_yaml(ns, &app_yaml(ns, "v1", true));
     apply_yaml(ns, &canary_yaml(ns, interval, deadline));

@@ -289,32 +289,7 @@ fn deleting_a_canary_with_revert_on_deletion_gives_the_app_back() {
     super::initialize(ns, "2s", 60);
     let replicas = jsonpath(ns, "deploy/catalog", "{.spec.replicas}").unwrap_or_default();
     assert_eq!(replicas.trim(), "0");
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "patch",
-            "canary/catalog-release",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"revertOnDeletion":true,"service":{"gateways":["edge-gateway","mesh"]}}}"#,
-        ],
-    );
-    wait_for(ns, "the revert finalizer", Duration::from_secs(30), || {
-        jsonpath(ns, "canary/catalog-release", "{.metadata.finalizers}")?
-            .contains("sluice.dev/revert-on-deletion")
-            .then_some(())
-    });
-    must(
-        ns,
-        &["-n", ns, "delete", "canary/catalog-release", "--wait=false"],
-    );
-    wait_for(ns, "the Canary to be gone", Duration::from_secs(90), || {
-        kubectl(&["-n", ns, "get", "canary/catalog-release"])
-            .is_err()
-            .then_some(())
-    });
+    super::delete_with_revert(ns, r#","service":{"gateways":["edge-gateway","mesh"]}"#);
     let ready = jsonpath(ns, "deploy/catalog", "{.status.readyReplicas}").unwrap_or_default();
     assert_eq!(ready.trim(), "2", "target replicas after the revert");
     let selector = jsonpath(ns, "service/catalog", "{.spec.selector.app}");
@@ -323,16 +298,6 @@ fn deleting_a_canary_with_revert_on_deletion_gives_the_app_back() {
     assert!(
         owners.trim().is_empty(),
         "apex Service still owned: {owners}"
-    );
-    wait_for(
-        ns,
-        "the primary to be collected",
-        Duration::from_secs(60),
-        || {
-            kubectl(&["-n", ns, "get", "deploy/catalog-primary"])
-                .is_err()
-                .then_some(())
-        },
     );
     let handed_back = |path: &str| jsonpath(ns, "virtualservice/catalog", path).unwrap_or_default();
     assert_eq!(handed_back("{.metadata.ownerReferences}"), "");
