@@ -14,11 +14,22 @@ impl Drop for Running {
     }
 }
 
+/// A port nothing listens on, never handed out twice in this run: the tests run in
+/// parallel, and a port one test freed could otherwise be another's listener by the time
+/// its binary binds it.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 fn start(command: &mut Command, listen: SocketAddr) -> Running {
@@ -29,7 +40,7 @@ fn start(command: &mut Command, listen: SocketAddr) -> Running {
         .expect("binary starts");
     let mut running = Running(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(listen).is_err() {
+    while !listening(listen) {
         if let Some(status) = running.0.try_wait().unwrap() {
             panic!("exited before listening on {listen}: {status}");
         }
@@ -37,6 +48,14 @@ fn start(command: &mut Command, listen: SocketAddr) -> Running {
         std::thread::sleep(Duration::from_millis(20));
     }
     running
+}
+
+/// Whether something listens on `listen`. A connection whose two ends are the same
+/// address is a TCP self-connect (the kernel picked `listen` as the source port while
+/// nothing listened there), not the binary: signalling it then would catch it before its
+/// handler is installed.
+fn listening(listen: SocketAddr) -> bool {
+    TcpStream::connect(listen).is_ok_and(|s| s.local_addr().ok() != Some(listen))
 }
 
 /// Sends SIGTERM and expects a successful exit within 2 s.
