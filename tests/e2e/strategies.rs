@@ -244,35 +244,49 @@ fn ab_release_waits_at_its_gate_routes_the_header_and_calls_every_hook() {
         let post = receiver.bodies("/post");
         (post.len() == 1 && post[0].contains("Succeeded")).then_some(())
     });
-    let events = receiver.bodies("/event").join("\n");
+    // Event and alert hooks are sent on their own, after the phase changes: each is
+    // waited for, not expected the moment the post-rollout hook arrives.
     for message in [
         "New revision detected",
         "Advance catalog-release",
         "Promotion completed",
     ] {
-        assert!(events.contains(message), "no event hook with {message:?}");
+        wait_for(
+            ns,
+            &format!("an event hook with {message:?}"),
+            Duration::from_secs(20),
+            || {
+                receiver
+                    .bodies("/event")
+                    .iter()
+                    .any(|b| b.contains(message))
+                    .then_some(())
+            },
+        );
     }
-    let alerts: Vec<BTreeMap<String, serde_json::Value>> = receiver
-        .bodies("/alert")
-        .iter()
-        .filter_map(|b| serde_json::from_str(b).ok())
-        .collect();
-    let messages: Vec<String> = alerts
-        .iter()
-        .filter_map(|a| {
-            a.get("message")
-                .and_then(|m| m.as_str())
-                .map(str::to_string)
-        })
-        .collect();
+    let alert_messages = || -> Vec<String> {
+        receiver
+            .bodies("/alert")
+            .iter()
+            .filter_map(|b| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(b).ok())
+            .filter_map(|a| a.get("message")?.as_str().map(str::to_string))
+            .collect()
+    };
     for wanted in [
         "waiting for approval",
         "New revision detected",
         "Promotion completed",
     ] {
-        assert!(
-            messages.iter().any(|m| m.contains(wanted)),
-            "no alert with {wanted:?} in {messages:?}"
+        wait_for(
+            ns,
+            &format!("an alert with {wanted:?}"),
+            Duration::from_secs(20),
+            || {
+                alert_messages()
+                    .iter()
+                    .any(|m| m.contains(wanted))
+                    .then_some(())
+            },
         );
     }
 }
