@@ -101,9 +101,10 @@ pub async fn on_deletion(canary: &Canary, ctx: &Context) -> Result<Action, Error
     Ok(Action::await_change())
 }
 
-/// Writes the objects the router keeps once the Canary is gone, without the owner
-/// reference (the field manager dropping it removes it). A spec the router cannot render
-/// any more does not hold the deletion: the routes then go with the Canary.
+/// Writes the objects the router keeps once the Canary is gone. They are rendered
+/// without the owner reference, and the field manager dropping it removes it. A spec the
+/// router cannot render any more does not hold the deletion: the routes then go with the
+/// Canary.
 async fn hand_back_routes(canary: &Canary, ns: &str, ctx: &Context) -> Result<(), Error> {
     let router = ctx.router(canary);
     let objects = match router.finalize(canary) {
@@ -113,8 +114,7 @@ async fn hand_back_routes(canary: &Canary, ns: &str, ctx: &Context) -> Result<()
             return Ok(());
         }
     };
-    for mut obj in objects {
-        obj.metadata.owner_references = None;
+    for obj in objects {
         apply_dynamic(ctx, router, ns, obj).await?;
     }
     Ok(())

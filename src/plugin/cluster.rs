@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use super::control::{self, Action, ControlError};
 use super::render::{last_warning, Snapshot};
 use crate::api::Canary;
-use crate::router::{Kind, Routers};
+use crate::router::Kind;
 use crate::workloads::configs::{self, ConfigKind};
 use crate::workloads::revision_hash;
 
@@ -122,7 +122,7 @@ impl Connection {
             let primary = deployments
                 .get_opt(&format!("{}-primary", canary.spec.target_ref.name))
                 .await?;
-            let kind = route_kind(&canary);
+            let kind = super::router_of(&canary).route_kind();
             let route = match Api::<DynamicObject>::namespaced_with(
                 self.client.clone(),
                 &self.namespace,
@@ -262,7 +262,7 @@ impl Connection {
         // Every kind a router carries its weights in, once; watching a kind whose CRD is
         // missing would only log errors.
         let mut route_stores: BTreeMap<Kind, Store<DynamicObject>> = BTreeMap::new();
-        for router in Routers::for_reading().all() {
+        for router in super::routers().all() {
             let kind = router.route_kind();
             if route_stores.contains_key(&kind) {
                 continue;
@@ -319,7 +319,7 @@ impl Connection {
                     };
                     let target = get(&canary.spec.target_ref.name);
                     let primary = get(&format!("{}-primary", canary.spec.target_ref.name));
-                    let kind = route_kind(&canary);
+                    let kind = super::router_of(&canary).route_kind();
                     let route = route_stores.get(&kind).and_then(|s| {
                         s.get(
                             &ObjectRef::new_with(canary.service_name(), kind.api_resource())
@@ -361,14 +361,6 @@ fn regards(e: &Event, canary: &Canary) -> bool {
 
 pub fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
-}
-
-/// The kind of the object that carries the Canary's weights, as its router writes it
-/// (read dynamically, so that fields of newer versions pass through).
-fn route_kind(canary: &Canary) -> Kind {
-    Routers::for_reading()
-        .for_kind(canary.spec.provider.unwrap_or_default())
-        .route_kind()
 }
 
 fn spawn_reflector<K>(

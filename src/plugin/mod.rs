@@ -12,6 +12,19 @@ pub mod render;
 pub mod status;
 
 use crate::api::Canary;
+use crate::router::{Routers, TrafficRouter};
+
+/// The routers the plugin reads live routes back with.
+pub fn routers() -> &'static Routers {
+    static ROUTERS: std::sync::LazyLock<Routers> = std::sync::LazyLock::new(Routers::for_reading);
+    &ROUTERS
+}
+
+/// The router that reads a Canary's routes: its `spec.provider`, Istio when unset (the
+/// controller's default; the plugin cannot see a controller started with another).
+pub fn router_of(canary: &Canary) -> &'static dyn TrafficRouter {
+    routers().for_kind(canary.spec.provider.unwrap_or_default())
+}
 
 /// Skip the remaining steps of that revision's run.
 pub const PROMOTE: &str = "sluice.dev/promote";

@@ -10,7 +10,7 @@ use kube::api::DynamicObject;
 
 use super::{is_paused, ABORT, PROMOTE, RETRY};
 use crate::api::{Canary, CanaryCondition, Phase};
-use crate::router::{Error as RouterError, LiveRule, Routers};
+use crate::router::{Error as RouterError, LiveRule};
 
 /// Everything the tree of one Canary shows, as read from the cluster.
 #[derive(Clone, Debug)]
@@ -138,11 +138,9 @@ fn deployment_line(name: &str, role: &str, width: usize, d: Option<&Deployment>)
     )
 }
 
-/// The object that carries the weights, read back by the Canary's router (Istio when
-/// `spec.provider` is unset, as the controller's default).
+/// The object that carries the weights, read back by the Canary's router.
 fn routes_node(canary: &Canary, live: Option<&DynamicObject>) -> Node {
-    let routers = Routers::for_reading();
-    let router = routers.for_kind(canary.spec.provider.unwrap_or_default());
+    let router = super::router_of(canary);
     let head = format!("{}/{}", router.route_kind().kind, canary.service_name());
     let Some(live) = live else {
         return Node::new(format!("{head}  not found"));
@@ -580,10 +578,7 @@ spec:
             ]
         );
         assert_eq!(routes_node(&c, None).text, "HTTPRoute/catalog  not found");
-        let routes = Routers::for_reading()
-            .for_kind(crate::api::RouterKind::GatewayApiV1)
-            .read_routes(&route)
-            .unwrap();
+        let routes = super::super::router_of(&c).read_routes(&route).unwrap();
         assert_eq!(routes.percent_of("catalog-canary"), Some(10.0));
         assert_eq!(routes.percent_of("catalog-other"), None);
     }

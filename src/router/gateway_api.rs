@@ -15,8 +15,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::sluice::{self, SluiceRouter};
 use super::{
-    spec_differs, to_dynamic, Error, Kind, LiveRoutes, LiveRule, MetricsPods, SharedObjects,
-    TrafficRouter, Watched, MANAGED_BY_SLUICE,
+    live_spec, spec_differs, to_dynamic, Error, Kind, LiveRoutes, LiveRule, MetricsPods,
+    SharedObjects, TrafficRouter, Watched, MANAGED_BY_SLUICE,
 };
 use crate::analysis::Reporter;
 use crate::api::gateway::{
@@ -119,13 +119,7 @@ impl TrafficRouter for GatewayApiRouter {
     }
 
     fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error> {
-        let spec = live.data.get("spec").cloned().unwrap_or_default();
-        let spec: HttpRouteSpec =
-            serde_json::from_value(spec).map_err(|source| Error::ReadBack {
-                kind: "HTTPRoute",
-                name: live.name_any(),
-                source,
-            })?;
+        let spec: HttpRouteSpec = live_spec("HTTPRoute", live)?;
         Ok(LiveRoutes {
             rules_field: "rules",
             rules: spec.rules.iter().map(live_rule).collect(),

@@ -7,7 +7,7 @@ use kube::api::DynamicObject;
 use kube::ResourceExt;
 
 use super::{
-    spec_differs, to_dynamic, Error, Kind, LiveRoutes, LiveRule, TrafficRouter, Watched,
+    live_spec, spec_differs, to_dynamic, Error, Kind, LiveRoutes, LiveRule, TrafficRouter, Watched,
     MANAGED_BY_SLUICE,
 };
 use crate::analysis::Reporter;
@@ -325,13 +325,7 @@ pub fn merge_matches(
 
 /// The routes of a live VirtualService, for Istio or for sluice-router.
 pub(super) fn read_virtual_service(live: &DynamicObject) -> Result<LiveRoutes, Error> {
-    let spec = live.data.get("spec").cloned().unwrap_or_default();
-    let spec: VirtualServiceSpec =
-        serde_json::from_value(spec).map_err(|source| Error::ReadBack {
-            kind: "VirtualService",
-            name: live.name_any(),
-            source,
-        })?;
+    let spec: VirtualServiceSpec = live_spec("VirtualService", live)?;
     let rules = spec
         .http
         .iter()

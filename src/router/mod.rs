@@ -222,8 +222,8 @@ pub trait TrafficRouter: Send + Sync {
     /// The routes the live copy of that object holds.
     fn read_routes(&self, live: &DynamicObject) -> Result<LiveRoutes, Error>;
 
-    /// Objects handed back, without the Canary's owner reference, when the Canary is
-    /// deleted with `revertOnDeletion`, after the apex Service selects the app's pods
+    /// Objects handed back, rendered without the Canary's owner reference, when the
+    /// Canary is deleted with `revertOnDeletion`, after the apex Service selects the app's pods
     /// again. Routes from outside the mesh (a Gateway) keep the app reachable through
     /// them; mesh callers of the apex Service need nothing, so by default nothing is kept.
     fn finalize(&self, _canary: &Canary) -> Result<Vec<DynamicObject>, Error> {
@@ -346,6 +346,19 @@ pub(crate) fn to_dynamic<T: serde::Serialize>(
             name: name.to_string(),
             source,
         })
+}
+
+/// The `spec` of a live object of `kind`, in the shape a router reads it.
+pub(crate) fn live_spec<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    live: &DynamicObject,
+) -> Result<T, Error> {
+    let spec = live.data.get("spec").cloned().unwrap_or_default();
+    serde_json::from_value(spec).map_err(|source| Error::ReadBack {
+        kind,
+        name: kube::ResourceExt::name_any(live),
+        source,
+    })
 }
 
 /// The live `spec` does not hold every field of the desired one with its value. Fields
