@@ -43,25 +43,6 @@ spec:
     )
 }
 
-/// What `kubectl sluice get` prints for the namespace's Canary.
-fn sluice_get(ns: &str) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-sluice"))
-        .args(["-n", ns, "get", "catalog-release"])
-        .env("KUBECONFIG", kubeconfig())
-        .output()
-        .expect("kubectl-sluice runs");
-    if !out.status.success() {
-        fail(
-            ns,
-            &format!(
-                "kubectl sluice get failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        );
-    }
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// `primary canary` weights of the HTTPRoute's weighted rule (the last one).
 fn route_weights(ns: &str) -> Option<String> {
     let weights = jsonpath(
@@ -103,7 +84,7 @@ fn gateway_api_release_walks_the_http_route() {
         Some(r#"{"backendRequest":"5s","request":"10s"}"#)
     );
     // `kubectl sluice get` reads the live HTTPRoute back through the Canary's router.
-    let tree = sluice_get(ns);
+    let tree = super::plugin::expect_exit(ns, &["get", "catalog-release"], 0);
     assert!(
         tree.contains("HTTPRoute/catalog\n")
             && tree
@@ -197,17 +178,10 @@ fn gateway_api_release_walks_the_http_route() {
 
     // What the Gateway API cannot match on is reported, naming the field, and the
     // route is left as it was.
-    must(
+    merge_patch(
         ns,
-        &[
-            "-n",
-            ns,
-            "patch",
-            "canary/catalog-release",
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"service":{"match":[{"sourceLabels":{"app":"web"}}]}}}"#,
-        ],
+        "canary/catalog-release",
+        r#"{"spec":{"service":{"match":[{"sourceLabels":{"app":"web"}}]}}}"#,
     );
     let message = wait_for(ns, "a Blocked condition", Duration::from_secs(60), || {
         jsonpath(

@@ -225,18 +225,7 @@ fn follow_release(ns: &str, timeout: Duration) -> Vec<(String, i32)> {
 /// and waits until it and its primary are gone.
 fn delete_with_revert(ns: &str, more_spec: &str) {
     let patch = format!(r#"{{"spec":{{"revertOnDeletion":true{more_spec}}}}}"#);
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "patch",
-            "canary/catalog-release",
-            "--type=merge",
-            "-p",
-            &patch,
-        ],
-    );
+    merge_patch(ns, "canary/catalog-release", &patch);
     wait_for(ns, "the revert finalizer", Duration::from_secs(30), || {
         jsonpath(ns, "canary/catalog-release", "{.metadata.finalizers}")?
             .contains("sluice.dev/revert-on-deletion")
@@ -537,18 +526,10 @@ fn a_changed_config_map_is_a_new_release() {
     let ns = TestNamespace::create("e2e-config");
     let ns = ns.0.as_str();
     initialize(ns, "2s", 60);
-    must(
+    merge_patch(
         ns,
-        &[
-            "-n",
-            ns,
-            "patch",
-            "configmap",
-            "catalog-settings",
-            "--type=merge",
-            "-p",
-            r#"{"data":{"greeting":"bonjour"}}"#,
-        ],
+        "configmap/catalog-settings",
+        r#"{"data":{"greeting":"bonjour"}}"#,
     );
     let seen = follow_release(ns, Duration::from_secs(120));
     assert_eq!(

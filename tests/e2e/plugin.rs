@@ -31,7 +31,7 @@ fn text(out: &Output) -> String {
 }
 
 /// Runs the plugin and fails the test (with a dump) unless it exits with `code`.
-fn expect_exit(ns: &str, args: &[&str], code: i32) -> String {
+pub(super) fn expect_exit(ns: &str, args: &[&str], code: i32) -> String {
     let out = run(ns, args);
     if out.status.code() != Some(code) {
         fail(

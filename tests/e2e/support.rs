@@ -43,6 +43,14 @@ pub fn must(ns: &str, args: &[&str]) -> String {
     }
 }
 
+/// A JSON merge patch of `resource` (custom resources take no strategic merge).
+pub fn merge_patch(ns: &str, resource: &str, patch: &str) {
+    must(
+        ns,
+        &["-n", ns, "patch", resource, "--type=merge", "-p", patch],
+    );
+}
+
 pub fn apply_yaml(ns: &str, yaml: &str) {
     let dir = std::env::temp_dir().join(format!("sluice-e2e-{ns}"));
     std::fs::create_dir_all(&dir).expect("temp dir");
