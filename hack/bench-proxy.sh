@@ -29,7 +29,7 @@ if [ ! -x "$FORTIO" ]; then
   (cd /tmp && GOBIN=$SLUICE_CACHE/bin go install fortio.org/fortio@v1.63.3)
 fi
 log "building sluice-proxy and sluice-demo (release) in $BENCH_TARGET"
-(cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build -q --release -p sluice --bin sluice-proxy --bin sluice-demo)
+(cd "$ROOT" && CARGO_TARGET_DIR=$BENCH_TARGET cargo build -q --release -p sluice --no-default-features --bin sluice-proxy --bin sluice-demo)
 PROXY=$BENCH_TARGET/release/sluice-proxy DEMO=$BENCH_TARGET/release/sluice-demo
 # Debian starts its own haproxy/nginx services on install; ours run on our own ports.
 for p in $P_V1 $P_V2 $P_ADMIN $P_SLUICE $P_HAPROXY $P_NGINX $P_ADMIN100 $P_SLUICE100 $P_BASE $P_ADMIN_BASE; do port_free $p bench; done

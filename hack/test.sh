@@ -17,6 +17,15 @@ prepare_in_background target/background-builds.log
 step "install dependencies" rust_ensure
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
+# sluice-proxy (file mode), sluice-demo and sluice-loadtester build without kube.
+without_kube() {
+  cargo clippy --locked --no-default-features --all-targets -- -D warnings
+  if cargo tree --locked --no-default-features -p sluice -e normal --prefix none |
+    grep -qE '^(kube|k8s-openapi) '; then
+    die "without the kube feature sluice still depends on kube or k8s-openapi (cargo tree --no-default-features -i kube)"
+  fi
+}
+step "build without kube" without_kube
 step "generated CRDs up to date" ./hack/check-crds.sh
 step "install Prometheus" ./hack/ensure-prometheus.sh
 # In CI a missing Prometheus fails the analysis tests instead of skipping them.

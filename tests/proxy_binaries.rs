@@ -165,3 +165,22 @@ async fn binaries_route_by_file_config_and_reject_bad_files() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Built without the `kube` feature (`cargo test --no-default-features`), Kubernetes mode
+/// is refused with an error that says why, before any port opens.
+#[cfg(not(feature = "kube"))]
+#[test]
+fn without_kube_the_proxy_refuses_kubernetes_mode() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice-proxy"))
+        .args(["--kube", "--listen", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0"])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("sluice-proxy runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("built without the `kube` feature; use --config"),
+        "{stderr}"
+    );
+}

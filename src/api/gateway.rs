@@ -3,7 +3,9 @@
 //! `service.gatewayRefs` and `service.mirror`. Field names follow the Gateway API's JSON form; unknown fields are
 //! ignored on read.
 
+#[cfg(feature = "kube")]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+#[cfg(feature = "kube")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -53,9 +55,10 @@ pub struct BackendObjectReference {
 
 /// `service.mirror`: a copy of the requests goes to `backendRef` too; its answers are
 /// dropped. At most one of `percent` and `fraction` (default: every request).
-#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema), x_kube(validation = Rule::new("!(has(self.percent) && has(self.fraction))").message("service.mirror: set percent or fraction, not both")))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!(has(self.percent) && has(self.fraction))").message("service.mirror: set percent or fraction, not both"))]
 pub struct HttpRequestMirrorFilter {
     pub backend_ref: BackendObjectReference,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,9 +68,10 @@ pub struct HttpRequestMirrorFilter {
     pub fraction: Option<Fraction>,
 }
 
-#[derive(Serialize, Deserialize, KubeSchema, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "kube", derive(KubeSchema), x_kube(validation = Rule::new("self.numerator <= (has(self.denominator) ? self.denominator : 100)").message("service.mirror.fraction: numerator must not exceed denominator")))]
+#[cfg_attr(not(feature = "kube"), derive(JsonSchema))]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.numerator <= (has(self.denominator) ? self.denominator : 100)").message("service.mirror.fraction: numerator must not exceed denominator"))]
 pub struct Fraction {
     #[schemars(range(min = 0))]
     pub numerator: i32,
@@ -79,14 +83,18 @@ pub struct Fraction {
 
 // === HTTPRoute ===
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "gateway.networking.k8s.io",
-    version = "v1",
-    kind = "HTTPRoute",
-    namespaced,
-    status = "HttpRouteStatus",
-    schema = "disabled"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(
+    feature = "kube",
+    derive(CustomResource),
+    kube(
+        group = "gateway.networking.k8s.io",
+        version = "v1",
+        kind = "HTTPRoute",
+        namespaced,
+        status = "HttpRouteStatus",
+        schema = "disabled"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteSpec {
@@ -270,6 +278,7 @@ pub struct HttpRouteTimeouts {
 }
 
 /// What the implementations serving the route's parents say about it.
+#[cfg(feature = "kube")]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpRouteStatus {
@@ -277,6 +286,7 @@ pub struct HttpRouteStatus {
     pub parents: Vec<RouteParentStatus>,
 }
 
+#[cfg(feature = "kube")]
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+#[cfg(feature = "kube")]
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -13,13 +14,17 @@ pub const GROUP: &str = "networking.istio.io";
 
 // === VirtualService ===
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "networking.istio.io",
-    version = "v1beta1",
-    kind = "VirtualService",
-    namespaced,
-    schema = "disabled"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(
+    feature = "kube",
+    derive(CustomResource),
+    kube(
+        group = "networking.istio.io",
+        version = "v1beta1",
+        kind = "VirtualService",
+        namespaced,
+        schema = "disabled"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
@@ -243,13 +248,17 @@ pub struct HttpRewrite {
 
 // === DestinationRule ===
 
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[kube(
-    group = "networking.istio.io",
-    version = "v1beta1",
-    kind = "DestinationRule",
-    namespaced,
-    schema = "disabled"
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(
+    feature = "kube",
+    derive(CustomResource),
+    kube(
+        group = "networking.istio.io",
+        version = "v1beta1",
+        kind = "DestinationRule",
+        namespaced,
+        schema = "disabled"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {

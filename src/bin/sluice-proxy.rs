@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -154,6 +155,33 @@ fn parse_labels(text: &str) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
+#[cfg(feature = "kube")]
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("no Kubernetes client configuration (in-cluster or kubeconfig)")
+}
+
+#[cfg(feature = "kube")]
+fn watch_kubernetes(proxy: Arc<Proxy>, client: kube::Client, namespace: String) {
+    tokio::spawn(async move {
+        if let Err(error) = sluice::proxy::k8s::run(proxy, client, namespace).await {
+            tracing::error!(%error, "kubernetes watch stopped");
+        }
+    });
+}
+
+/// Built without the `kube` feature there is no client to make: `--kube` is refused.
+#[cfg(not(feature = "kube"))]
+async fn kube_client() -> anyhow::Result<std::convert::Infallible> {
+    anyhow::bail!("--kube: this sluice-proxy was built without the `kube` feature; use --config")
+}
+
+#[cfg(not(feature = "kube"))]
+fn watch_kubernetes(_: Arc<Proxy>, client: std::convert::Infallible, _: String) {
+    match client {}
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -198,11 +226,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("initial configuration {} rejected", path.display()))?;
             None
         }
-        None => Some(
-            kube::Client::try_default()
-                .await
-                .context("no Kubernetes client configuration (in-cluster or kubeconfig)")?,
-        ),
+        None => Some(kube_client().await?),
     };
 
     // Before the ports open: whoever sees them open may already send SIGTERM.
@@ -223,12 +247,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     if let Some(client) = kube_client {
-        let (proxy, namespace) = (proxy.clone(), args.namespace.clone());
-        tokio::spawn(async move {
-            if let Err(error) = sluice::proxy::k8s::run(proxy, client, namespace).await {
-                tracing::error!(%error, "kubernetes watch stopped");
-            }
-        });
+        watch_kubernetes(proxy.clone(), client, args.namespace.clone());
     }
     let (shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let serving = tokio::spawn(sluice::proxy::server::serve_until(

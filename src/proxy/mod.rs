@@ -11,6 +11,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod downstream;
+#[cfg(feature = "kube")]
 pub mod k8s;
 pub mod metrics;
 pub mod resilience;
