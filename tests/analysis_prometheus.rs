@@ -291,6 +291,7 @@ fn builtin(reporter: Reporter, metric: BuiltinMetric, workload: &str) -> MetricQ
         namespace: "test".into(),
         workload: workload.into(),
         interval: INTERVAL,
+        min_window: INTERVAL,
     })
 }
 

@@ -115,6 +115,7 @@ fn query(reporter: Reporter, metric: BuiltinMetric, interval_secs: u64) -> Built
         namespace: "shop".into(),
         workload: "cart".into(),
         interval: Duration::from_secs(interval_secs),
+        min_window: Duration::from_secs(interval_secs),
     }
 }
 
@@ -176,7 +177,7 @@ async fn builtins_from_deltas_of_scraped_counters() {
     );
     let err = first.unwrap_err();
     assert!(
-        err.is_no_data() && err.to_string().contains("only one sample"),
+        err.is_warming() && err.to_string().contains("only one sample"),
         "{err}"
     );
 
@@ -264,7 +265,13 @@ async fn provider_interface_with_the_real_clock() {
     let offline = provider.is_online().await.unwrap_err();
     assert_eq!(offline.label(), "offline", "never sampled: {offline}");
 
-    let builtin = |metric| MetricQuery::Builtin(query(Reporter::Source, metric, 60));
+    // No minimum window: the two samples below are a moment apart.
+    let builtin = |metric| {
+        MetricQuery::Builtin(BuiltinQuery {
+            min_window: Duration::ZERO,
+            ..query(Reporter::Source, metric, 60)
+        })
+    };
     set(
         &pages,
         "a",
@@ -279,7 +286,7 @@ async fn provider_interface_with_the_real_clock() {
     let first = provider
         .query(&builtin(BuiltinMetric::RequestSuccessRate))
         .await;
-    assert!(first.as_ref().is_err_and(Error::is_no_data), "{first:?}");
+    assert!(first.as_ref().is_err_and(Error::is_warming), "{first:?}");
 
     // The values depend only on the counters, not on when the samples were taken.
     set(

@@ -361,12 +361,27 @@ pub fn evaluate<'a>(
         }
     }
     let interval = format_prometheus(query.interval);
+    if targets == 0 && one_snapshot > 0 {
+        return Err(Error::Warming {
+            reason: "only one sample of the router metrics so far; a value needs a second \
+                     sample (sample again on the next tick)"
+                .into(),
+        });
+    }
+    // Every window is short because the histories are: this process has not watched the
+    // routers long enough (a restart, a new leader, new router pods). A long history
+    // always yields a window of about `interval`.
+    if targets > 0 && covered * 2 < query.min_window {
+        return Err(Error::Warming {
+            reason: format!(
+                "the router metrics have been sampled for {} only; a check needs {}",
+                format_prometheus(covered),
+                format_prometheus(query.min_window / 2)
+            ),
+        });
+    }
     if targets == 0 {
-        let reason = if one_snapshot > 0 {
-            "only one sample of the router metrics so far; a value needs a second sample \
-             (sample again on the next tick)"
-                .to_string()
-        } else if stale > 0 {
+        let reason = if stale > 0 {
             format!("the newest samples of the router metrics are older than {interval}")
         } else {
             "no samples of the router metrics (no target sampled successfully yet)".to_string()
@@ -584,6 +599,7 @@ other_metric 1
         history
     }
 
+    /// A query whose metric and analysis intervals are both `interval_secs`.
     fn query(metric: BuiltinMetric, interval_secs: u64) -> BuiltinQuery {
         BuiltinQuery {
             reporter: Reporter::Source,
@@ -591,114 +607,146 @@ other_metric 1
             namespace: "shop".into(),
             workload: "cart".into(),
             interval: Duration::from_secs(interval_secs),
+            min_window: Duration::from_secs(interval_secs),
         }
     }
 
-    /// (case, samples as (secs, ok, failed), metric, interval secs, now secs, value or no-data)
+    /// (case, samples as (secs, ok, failed), metric, (metric interval, min window) secs,
+    /// now secs, the value or the error's label)
     type EvalCase = (
         &'static str,
         &'static [(u64, u64, u64)],
         BuiltinMetric,
+        (u64, u64),
         u64,
-        u64,
-        Option<f64>,
+        Result<f64, &'static str>,
     );
 
     #[test]
     fn evaluates_builtins_from_deltas() {
         use BuiltinMetric::*;
-        let cases: [EvalCase; 10] = [
+        let cases: [EvalCase; 13] = [
             (
                 "90% over one minute",
                 &[(0, 100, 0), (60, 190, 10)],
                 RequestSuccessRate,
+                (60, 60),
                 60,
-                60,
-                Some(90.0),
+                Ok(90.0),
             ),
             (
                 "p99 over one minute",
                 &[(0, 100, 0), (60, 190, 10)],
                 RequestDuration,
+                (60, 60),
                 60,
-                60,
-                Some(475.0),
+                Ok(475.0),
             ),
             // Only the last minute counts: the first minute had 50% failures.
             (
                 "window picks the sample closest to the interval",
                 &[(0, 0, 0), (60, 50, 50), (119, 140, 60)],
                 RequestSuccessRate,
-                60,
+                (60, 60),
                 120,
-                Some(90.0),
+                Ok(90.0),
             ),
             (
                 "all failing is 0, not no-data",
                 &[(0, 10, 0), (60, 10, 40)],
                 RequestSuccessRate,
+                (60, 60),
                 60,
-                60,
-                Some(0.0),
+                Ok(0.0),
             ),
             (
                 "restart in the window counts from zero",
                 &[(0, 500, 0), (30, 10, 0), (60, 28, 2)],
                 RequestSuccessRate,
+                (60, 60),
                 60,
-                60,
-                Some(28.0 / 30.0 * 100.0),
+                Ok(28.0 / 30.0 * 100.0),
             ),
             (
                 "idle counters are no data",
                 &[(0, 100, 5), (60, 100, 5)],
                 RequestSuccessRate,
+                (60, 60),
                 60,
-                60,
-                None,
+                Err("no_data"),
             ),
             (
                 "idle histogram is no data",
                 &[(0, 100, 5), (60, 100, 5)],
                 RequestDuration,
+                (60, 60),
                 60,
-                60,
-                None,
+                Err("no_data"),
             ),
             (
-                "one snapshot is no data",
+                "one snapshot waits for a second",
                 &[(0, 100, 5)],
                 RequestSuccessRate,
-                60,
+                (60, 60),
                 0,
-                None,
+                Err("warming"),
             ),
             (
                 "stale target is no data",
                 &[(0, 0, 0), (60, 90, 10)],
                 RequestSuccessRate,
-                60,
+                (60, 60),
                 200,
-                None,
+                Err("no_data"),
             ),
             (
-                "shorter history uses what there is",
+                "a history of half the window is judged on what there is",
+                &[(0, 0, 0), (30, 9, 1)],
+                RequestSuccessRate,
+                (60, 60),
+                30,
+                Ok(90.0),
+            ),
+            // A restart: the new process has sampled for 20 s of a 60 s window.
+            (
+                "a younger history waits",
                 &[(0, 0, 0), (20, 9, 1)],
                 RequestSuccessRate,
-                60,
+                (60, 60),
                 20,
-                Some(90.0),
+                Err("warming"),
+            ),
+            (
+                "a moment after a restart waits",
+                &[(0, 0, 0), (1, 9, 1)],
+                RequestSuccessRate,
+                (60, 10),
+                1,
+                Err("warming"),
+            ),
+            // A release's first check: 10 s analysis interval, 60 s metric interval.
+            (
+                "a short analysis interval lowers the bar",
+                &[(0, 0, 0), (10, 9, 1)],
+                RequestSuccessRate,
+                (60, 10),
+                10,
+                Ok(90.0),
             ),
         ];
         let t0 = Instant::now();
-        for (name, samples, metric, interval, now, want) in cases {
+        for (name, samples, metric, (interval, min_window), now, want) in cases {
+            let query = BuiltinQuery {
+                min_window: Duration::from_secs(min_window),
+                ..query(metric, interval)
+            };
             let got = evaluate(
                 [&history(t0, samples)],
-                &query(metric, interval),
+                &query,
                 t0 + Duration::from_secs(now),
             );
             match want {
-                Some(want) => {
+                Ok(want) => {
                     let got = got.unwrap_or_else(|e| panic!("{name}: {e}"));
                     assert!(
                         (got.value - want).abs() < 1e-9,
@@ -706,8 +754,9 @@ other_metric 1
                         got.value
                     );
                 }
-                None => assert!(
-                    got.as_ref().is_err_and(Error::is_no_data),
+                Err(label) => assert_eq!(
+                    got.as_ref().map_err(Error::label),
+                    Err(label),
                     "{name}: {got:?}"
                 ),
             }
@@ -733,21 +782,35 @@ other_metric 1
     }
 
     #[test]
-    fn no_data_reasons_say_why() {
+    fn no_data_and_warming_reasons_say_why() {
         let t0 = Instant::now();
         let q = query(BuiltinMetric::RequestSuccessRate, 60);
         let cases = [
-            (vec![], "no samples"),
-            (vec![history(t0, &[(100, 1, 0)])], "only one sample"),
-            (vec![history(t0, &[(0, 1, 0), (10, 2, 0)])], "older than 1m"),
+            (vec![], "no_data", "no samples"),
+            (
+                vec![history(t0, &[(100, 1, 0)])],
+                "warming",
+                "only one sample",
+            ),
+            (
+                vec![history(t0, &[(90, 1, 0), (100, 2, 0)])],
+                "warming",
+                "sampled for 10s only; a check needs 30s",
+            ),
+            (
+                vec![history(t0, &[(0, 1, 0), (10, 2, 0)])],
+                "no_data",
+                "older than 1m",
+            ),
             (
                 vec![history(t0, &[(0, 1, 0), (100, 1, 0)])],
+                "no_data",
                 "no requests to shop/cart",
             ),
         ];
-        for (histories, want) in cases {
+        for (histories, label, want) in cases {
             let err = evaluate(histories.iter(), &q, t0 + Duration::from_secs(100)).unwrap_err();
-            assert!(err.is_no_data());
+            assert_eq!(err.label(), label, "{err}");
             assert!(err.to_string().contains(want), "{err} lacks {want}");
         }
     }

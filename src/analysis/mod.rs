@@ -35,6 +35,11 @@ pub enum Error {
     /// history). For a built-in metric this means no traffic reached the canary.
     #[error("no values found: {reason}")]
     NoData { reason: String },
+    /// The built-in scrape has not watched the routers long enough to measure a window
+    /// (after a controller restart or a leader change, or new router pods). Nothing is
+    /// wrong with the canary: the check waits instead of failing.
+    #[error("not enough history yet: {reason}")]
+    Warming { reason: String },
     /// The provider could not be reached or answered that it is unavailable.
     #[error("metrics provider {provider} is offline: {reason}")]
     Offline { provider: String, reason: String },
@@ -76,6 +81,7 @@ impl Error {
     pub fn label(&self) -> &'static str {
         match self {
             Error::NoData { .. } => "no_data",
+            Error::Warming { .. } => "warming",
             Error::Offline { .. } => "offline",
             Error::Unauthorized { .. } => "unauthorized",
             Error::BadQuery { .. } => "bad_query",
@@ -93,6 +99,11 @@ impl Error {
     /// True when the query found nothing to measure (see [`Error::NoData`]).
     pub fn is_no_data(&self) -> bool {
         matches!(self, Error::NoData { .. })
+    }
+
+    /// True when the scrape has watched too briefly to judge (see [`Error::Warming`]).
+    pub fn is_warming(&self) -> bool {
+        matches!(self, Error::Warming { .. })
     }
 
     pub(crate) fn no_data(reason: impl Into<String>) -> Self {
@@ -193,6 +204,11 @@ pub struct BuiltinQuery {
     /// The canary workload (Deployment) name, i.e. the Canary's `targetRef.name`.
     pub workload: String,
     pub interval: Duration,
+    /// The built-in scrape judges no window shorter than half of this while its history
+    /// is that young: a check right after a restart would otherwise measure a moment.
+    /// The controller sets the shorter of the metric's and the analysis' interval, the
+    /// window a release's first check has. Prometheus keeps its own history and ignores it.
+    pub min_window: Duration,
 }
 
 /// What to ask a provider.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
@@ -108,10 +109,11 @@ impl Analysis {
         let mut outcomes = Vec::with_capacity(spec.metrics.len());
         for check in &spec.metrics {
             let value = self
-                .run(canary, check, router)
+                .run(canary, check, spec.interval, router)
                 .await
                 .map_err(|err| match err {
                     err if err.is_no_data() => MetricError::NoData(err.to_string()),
+                    err if err.is_warming() => MetricError::Warming(err.to_string()),
                     err => MetricError::Failed(err.to_string()),
                 });
             outcomes.push(MetricOutcome {
@@ -128,6 +130,7 @@ impl Analysis {
         &self,
         canary: &Canary,
         check: &MetricCheck,
+        analysis_interval: Duration,
         router: &dyn TrafficRouter,
     ) -> Result<f64, analysis::Error> {
         let ns = canary.namespace().unwrap_or_default();
@@ -139,6 +142,7 @@ impl Analysis {
                     namespace: ns,
                     workload: canary.spec.target_ref.name.clone(),
                     interval: check.interval,
+                    min_window: check.interval.min(analysis_interval),
                 };
                 match builtin_source(self.metrics_server(canary), router, canary)? {
                     BuiltinSource::Prometheus(address) => {

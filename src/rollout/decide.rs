@@ -57,6 +57,9 @@ pub enum MetricError {
     NoData(String),
     /// The provider failed or the query is wrong.
     Failed(String),
+    /// The built-in scrape has not watched long enough to measure a window (a fresh
+    /// controller after a restart or a leader change): not judged, looked at again.
+    Warming(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +287,8 @@ enum Checks {
     Hold(String),
     /// The plan needs an observation first.
     Pending,
+    /// Not judged yet (the metrics cannot cover a window); run again on the next reconcile.
+    Wait(String),
 }
 
 struct Decision<'a> {
@@ -624,6 +629,10 @@ impl<'a> Decision<'a> {
                 return;
             }
             Checks::Hold(why) => return self.wait_or_roll_back(why),
+            Checks::Wait(why) => {
+                self.plan.status.last_step_time = previous_step;
+                return self.wait_or_roll_back(why);
+            }
         }
         self.advance();
     }
@@ -938,6 +947,14 @@ impl<'a> Decision<'a> {
             self.plan.need = Some(Need::Metrics);
             return Checks::Pending;
         };
+        // A takeover must not cost the canary a check: no verdict until the metrics
+        // cover a window, one analysis interval later.
+        if let Some(detail) = outcomes.iter().find_map(|o| match &o.value {
+            Err(MetricError::Warming(detail)) => Some(detail),
+            _ => None,
+        }) {
+            return Checks::Wait(format!("Waiting for {}'s metrics: {detail}", self.id()));
+        }
         let mut results = Vec::with_capacity(outcomes.len());
         let mut failures = Vec::new();
         let mut holds = Vec::new();
@@ -1210,6 +1227,10 @@ fn judge(outcome: &MetricOutcome, workload: &str) -> Verdict {
         Err(MetricError::Failed(detail)) => {
             Verdict::Fail(format!("Metric query failed for {name}: {detail}"))
         }
+        // `run_checks` waits before judging any of these.
+        Err(MetricError::Warming(detail)) => Verdict::Hold(format!(
+            "Holding {workload} advancement: {name} {detail}"
+        )),
         Ok(value) => {
             if let Some(min) = outcome.range.min {
                 if *value < min {

@@ -1176,3 +1176,37 @@ fn a_muted_gate_waits_without_alerting() {
         assert_eq!(alerted, !mute, "muteAlert {mute}");
     }
 }
+
+#[test]
+fn a_scrape_that_has_watched_too_briefly_costs_no_check_whatever_the_policy() {
+    // A new controller (restart, leader change) has one sample: not a verdict.
+    for policy in [NoDataPolicy::Fail, NoDataPolicy::Hold, NoDataPolicy::Skip] {
+        let mut c = canary();
+        c.status = Some(status(Phase::Progressing, 20, 1, t0()));
+        let mut o = observed("v2", ready("v2", 2), Some(ready("v1", 2)));
+        let mut m = good_metrics();
+        m[1].value = Err(MetricError::Warming("only one sample".into()));
+        m[1].on_no_data = policy;
+        o.metrics = Some(m);
+        let plan = decide(&c, &o, at(45));
+        let s = &plan.status;
+        assert_eq!(
+            (s.phase, s.canary_weight, s.failed_checks),
+            (Some(Phase::Progressing), 20, 1),
+            "{policy:?}"
+        );
+        // The step is not taken: the check runs again at the next reconcile.
+        assert_eq!(s.last_step_time, Some(Time(t0())), "{policy:?}");
+        assert_eq!(plan.requeue_after, Duration::from_secs(45), "{policy:?}");
+        assert!(
+            messages(&plan)[0].starts_with(
+                "Waiting for catalog-release.istioinaction's metrics: only one sample"
+            ),
+            "{policy:?}: {:?}",
+            messages(&plan)
+        );
+        // A wait like any other: past progressDeadlineSeconds (60 s) it is a rollback.
+        let plan = decide(&c, &o, at(90));
+        assert_eq!(plan.status.phase, Some(Phase::Failed), "{policy:?}");
+    }
+}

@@ -336,6 +336,25 @@ fn no_request_fails_across_adoption_releases_router_disruptions_and_a_controller
         ],
     );
     wait_phase(ns, "Succeeded", Duration::from_secs(240));
+    // The new controller's scrape starts with no history: it waits for a window
+    // instead of counting a check on one sample as failed.
+    let failed_checks = must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "get",
+            "canary/catalog-release",
+            "-o",
+            "jsonpath={.status.failedChecks}",
+        ],
+    );
+    if !matches!(failed_checks.trim(), "" | "0") {
+        fail(
+            ns,
+            &format!("the release across a controller restart had {failed_checks} failed checks"),
+        );
+    }
     std::thread::sleep(Duration::from_secs(5));
     recorder.close("release v3 with a controller restart");
 
