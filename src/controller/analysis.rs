@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube::api::ListParams;
-use kube::{Api, Client, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::ResourceExt;
 use parking_lot::Mutex;
 
+use super::context::Stores;
 use crate::analysis::{
     self, BuiltinQuery, MetricQuery, MetricsProvider, PrometheusAuth, PrometheusConfig,
     PrometheusProvider, ScrapeConfig, ScrapeProvider, TemplateVars,
 };
-use crate::api::{Canary, MetricTemplate};
+use crate::api::Canary;
 use crate::rollout::{MetricCheck, MetricError, MetricOutcome, MetricSource, ReleaseSpec};
 use crate::router::{MetricsPods, TrafficRouter};
 
@@ -52,24 +53,25 @@ fn metrics_server_of(spec: Option<&str>, default: Option<&str>) -> Option<String
     spec.or(default).filter(|s| !s.is_empty()).map(String::from)
 }
 
+/// Reads MetricTemplates, their Secrets and the router pods from the controller's
+/// caches: a check makes no request to the API server.
 pub struct Analysis {
-    client: Client,
     default_metrics_server: Option<String>,
     scrape: Arc<ScrapeProvider>,
     /// Providers without credentials, by address, so the HTTP client is reused.
     prometheus: Mutex<HashMap<String, Arc<PrometheusProvider>>>,
+    /// Providers with credentials, headers or TLS settings, by MetricTemplate
+    /// (`namespace/name`), kept while the template's settings stay the same.
+    configured: Mutex<HashMap<String, (PrometheusConfig, Arc<PrometheusProvider>)>>,
 }
 
 impl Analysis {
-    pub fn new(
-        client: Client,
-        default_metrics_server: Option<String>,
-    ) -> Result<Self, analysis::Error> {
+    pub fn new(default_metrics_server: Option<String>) -> Result<Self, analysis::Error> {
         Ok(Analysis {
-            client,
             default_metrics_server,
             scrape: Arc::new(ScrapeProvider::new(ScrapeConfig::default())?),
             prometheus: Mutex::default(),
+            configured: Mutex::default(),
         })
     }
 
@@ -83,20 +85,17 @@ impl Analysis {
 
     /// Records a sample of the router metrics when the built-in scrape serves this
     /// Canary, so that the next check has a window to measure over.
-    pub async fn sample(&self, canary: &Canary, router: &dyn TrafficRouter) {
-        let Ok(BuiltinSource::Scrape(pods)) =
+    pub async fn sample(&self, canary: &Canary, router: &dyn TrafficRouter, stores: &Stores) {
+        let Ok(BuiltinSource::Scrape(wanted)) =
             builtin_source(self.metrics_server(canary), router, canary)
         else {
             return;
         };
-        match self.metrics_urls(canary, pods).await {
-            Ok(urls) => {
-                let report = self.scrape.sample(&urls).await;
-                for (url, err) in report.failed {
-                    tracing::debug!(%url, error = %err, "router metrics sample failed");
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "listing router pods"),
+        let ns = canary.namespace().unwrap_or_default();
+        let urls = metrics_urls(&stores.metrics_pods_in(wanted.selector, &ns), wanted);
+        let report = self.scrape.sample(&urls).await;
+        for (url, err) in report.failed {
+            tracing::debug!(%url, error = %err, "router metrics sample failed");
         }
     }
 
@@ -105,11 +104,12 @@ impl Analysis {
         canary: &Canary,
         spec: &ReleaseSpec,
         router: &dyn TrafficRouter,
+        stores: &Stores,
     ) -> Vec<MetricOutcome> {
         let mut outcomes = Vec::with_capacity(spec.metrics.len());
         for check in &spec.metrics {
             let value = self
-                .run(canary, check, spec.interval, router)
+                .run(canary, check, spec.interval, router, stores)
                 .await
                 .map_err(|err| match err {
                     err if err.is_no_data() => MetricError::NoData(err.to_string()),
@@ -132,6 +132,7 @@ impl Analysis {
         check: &MetricCheck,
         analysis_interval: Duration,
         router: &dyn TrafficRouter,
+        stores: &Stores,
     ) -> Result<f64, analysis::Error> {
         let ns = canary.namespace().unwrap_or_default();
         match &check.source {
@@ -167,13 +168,9 @@ impl Analysis {
             }
             MetricSource::Template { name, namespace } => {
                 let template_ns = namespace.clone().unwrap_or(ns);
-                let api: Api<MetricTemplate> = Api::namespaced(self.client.clone(), &template_ns);
-                let template = api
-                    .get_opt(name)
-                    .await
-                    .map_err(|e| analysis::Error::BadConfig {
-                        reason: format!("reading MetricTemplate {template_ns}/{name}: {e}"),
-                    })?
+                let template = stores
+                    .metric_templates
+                    .get(&ObjectRef::new(name).within(&template_ns))
                     .ok_or_else(|| analysis::Error::BadConfig {
                         reason: format!("MetricTemplate {template_ns}/{name} not found"),
                     })?;
@@ -188,7 +185,15 @@ impl Analysis {
                         ),
                     })?;
                 let auth = match &provider.secret_ref {
-                    Some(secret) => Some(self.auth_from_secret(&template_ns, &secret.name).await?),
+                    Some(secret) => {
+                        let key = ObjectRef::new(&secret.name).within(&template_ns);
+                        let cached = stores.secrets.get(&key);
+                        Some(auth_from_secret(
+                            cached.as_deref(),
+                            &template_ns,
+                            &secret.name,
+                        )?)
+                    }
                     None => None,
                 };
                 let promql =
@@ -203,7 +208,7 @@ impl Analysis {
                     config.auth = auth;
                     config.headers = provider.headers.clone();
                     config.insecure_skip_verify = provider.insecure_skip_verify.unwrap_or(false);
-                    Arc::new(PrometheusProvider::new(config)?)
+                    self.configured_for(&format!("{template_ns}/{name}"), config)?
                 };
                 prom.query_promql(&promql).await
             }
@@ -238,62 +243,226 @@ impl Analysis {
         Ok(p)
     }
 
-    /// Basic auth from `username`/`password`, or a bearer `token`.
-    async fn auth_from_secret(
+    /// The provider of a MetricTemplate with its own settings: the one made for the
+    /// same settings before, else a new one (which replaces it: one per template).
+    fn configured_for(
         &self,
-        ns: &str,
-        name: &str,
-    ) -> Result<PrometheusAuth, analysis::Error> {
-        let bad = |reason: String| analysis::Error::BadConfig { reason };
-        let secret = Api::<Secret>::namespaced(self.client.clone(), ns)
-            .get_opt(name)
-            .await
-            .map_err(|e| bad(format!("reading Secret {ns}/{name}: {e}")))?
-            .ok_or_else(|| bad(format!("Secret {ns}/{name} not found")))?;
-        let data = secret.data.unwrap_or_default();
-        let field = |k: &str| {
-            data.get(k)
-                .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
-        };
-        match (field("username"), field("password"), field("token")) {
-            (Some(username), Some(password), _) => Ok(PrometheusAuth::Basic { username, password }),
-            (_, _, Some(token)) => Ok(PrometheusAuth::Bearer { token }),
-            _ => Err(bad(format!(
-                "Secret {ns}/{name} needs username and password, or token"
-            ))),
+        template: &str,
+        config: PrometheusConfig,
+    ) -> Result<Arc<PrometheusProvider>, analysis::Error> {
+        let mut cache = self.configured.lock();
+        if let Some((_, p)) = cache
+            .get(template)
+            .filter(|(made_for, _)| *made_for == config)
+        {
+            return Ok(p.clone());
         }
+        let p = Arc::new(PrometheusProvider::new(config.clone())?);
+        cache.insert(template.to_string(), (config, p.clone()));
+        Ok(p)
     }
+}
 
-    async fn metrics_urls(
-        &self,
-        canary: &Canary,
-        wanted: MetricsPods,
-    ) -> Result<Vec<String>, kube::Error> {
-        let ns = canary.namespace().unwrap_or_default();
-        let pods = Api::<Pod>::namespaced(self.client.clone(), &ns)
-            .list(&ListParams::default().labels(wanted.selector))
-            .await?;
-        Ok(pods
-            .items
-            .iter()
-            .filter_map(|p| {
-                let ip = p.status.as_ref()?.pod_ip.clone()?;
-                let port = p
-                    .annotations()
-                    .get("prometheus.io/port")
-                    .and_then(|v| v.parse::<u16>().ok())
-                    .unwrap_or(wanted.port);
-                Some(format!("http://{ip}:{port}/metrics"))
-            })
-            .collect())
+/// Basic auth from `username`/`password`, or a bearer `token`, of the cached Secret
+/// `ns/name`.
+fn auth_from_secret(
+    secret: Option<&Secret>,
+    ns: &str,
+    name: &str,
+) -> Result<PrometheusAuth, analysis::Error> {
+    let bad = |reason: String| analysis::Error::BadConfig { reason };
+    let secret = secret.ok_or_else(|| bad(format!("Secret {ns}/{name} not found")))?;
+    let field = |k: &str| {
+        secret
+            .data
+            .as_ref()?
+            .get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+    };
+    match (field("username"), field("password"), field("token")) {
+        (Some(username), Some(password), _) => Ok(PrometheusAuth::Basic { username, password }),
+        (_, _, Some(token)) => Ok(PrometheusAuth::Bearer { token }),
+        _ => Err(bad(format!(
+            "Secret {ns}/{name} needs username and password, or token"
+        ))),
     }
+}
+
+/// The metrics URLs of the pods that have an address: the pod's `prometheus.io/port`
+/// annotation, else the router's metrics port.
+fn metrics_urls(pods: &[Arc<Pod>], wanted: MetricsPods) -> Vec<String> {
+    let mut urls: Vec<String> = pods
+        .iter()
+        .filter_map(|p| {
+            let ip = p.status.as_ref()?.pod_ip.as_deref()?;
+            let port = p
+                .annotations()
+                .get("prometheus.io/port")
+                .and_then(|v| v.parse::<u16>().ok())
+                .unwrap_or(wanted.port);
+            Some(format!("http://{ip}:{port}/metrics"))
+        })
+        .collect();
+    urls.sort();
+    urls
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::RouterKind;
+    use crate::api::{MetricTemplate, RouterKind};
     use crate::router::Routers;
+    use k8s_openapi::ByteString;
+    use kube::runtime::reflector::{self, Store};
+    use kube::runtime::watcher;
+
+    fn store_of<K>(objects: Vec<K>) -> Store<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone,
+    {
+        let mut writer = reflector::store::Writer::default();
+        for o in objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(o));
+        }
+        writer.as_reader()
+    }
+
+    fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+        let mut s: Secret =
+            serde_yaml::from_str(&format!("metadata: {{name: {name}, namespace: shop}}")).unwrap();
+        s.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
+        s
+    }
+
+    #[test]
+    fn credentials_come_from_the_cached_secret() {
+        let basic = PrometheusAuth::Basic {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let bearer = PrometheusAuth::Bearer { token: "t".into() };
+        let cases: [(Option<Secret>, Result<PrometheusAuth, &str>); 5] = [
+            (
+                Some(secret("s", &[("username", "u"), ("password", "p\n")])),
+                Ok(basic.clone()),
+            ),
+            (Some(secret("s", &[("token", " t ")])), Ok(bearer)),
+            (
+                Some(secret(
+                    "s",
+                    &[("username", "u"), ("password", "p"), ("token", "t")],
+                )),
+                Ok(basic),
+            ),
+            (
+                Some(secret("s", &[("username", "u")])),
+                Err("Secret shop/s needs username and password, or token"),
+            ),
+            (None, Err("Secret shop/s not found")),
+        ];
+        for (secret, want) in cases {
+            let got = auth_from_secret(secret.as_ref(), "shop", "s").map_err(|e| e.to_string());
+            match want {
+                Ok(want) => assert!(got.as_ref() == Ok(&want), "{secret:?}"),
+                Err(want) => assert!(got.as_ref().unwrap_err().contains(want), "{got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn metrics_urls_are_the_pods_with_an_address() {
+        let pod = |name: &str, ip: Option<&str>, port: Option<&str>| -> Arc<Pod> {
+            let annotations = port
+                .map(|p| format!(", annotations: {{prometheus.io/port: \"{p}\"}}"))
+                .unwrap_or_default();
+            let status = ip
+                .map(|ip| format!("status: {{podIP: {ip}}}"))
+                .unwrap_or_default();
+            Arc::new(
+                serde_yaml::from_str(&format!(
+                    "metadata: {{name: {name}, namespace: shop{annotations}}}\n{status}"
+                ))
+                .unwrap(),
+            )
+        };
+        let pods = [
+            pod("b", Some("10.0.0.2"), None),
+            pod("pending", None, None),
+            pod("a", Some("10.0.0.1"), Some("9102")),
+            pod("odd", Some("10.0.0.3"), Some("not-a-port")),
+        ];
+        let wanted = MetricsPods {
+            selector: "app=r",
+            port: 15000,
+        };
+        assert_eq!(
+            metrics_urls(&pods, wanted),
+            [
+                "http://10.0.0.1:9102/metrics",
+                "http://10.0.0.2:15000/metrics",
+                "http://10.0.0.3:15000/metrics",
+            ]
+        );
+    }
+
+    /// A check with a MetricTemplate and an authenticated provider reads the template
+    /// and its Secret from the caches: no request reaches the API server, and the
+    /// provider made for the template is reused while its settings stay the same.
+    #[tokio::test]
+    async fn a_template_check_makes_no_api_request() {
+        let (client, seen) = super::super::mock_api::mock_client(|_| (500, serde_json::json!({})));
+        let mut ctx = super::super::mock_api::context(client, vec![]);
+        // Nothing listens there: the query fails as offline, after the lookups.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let template: MetricTemplate = serde_yaml::from_str(&format!(
+            "metadata: {{name: errors, namespace: shop}}\nspec: {{provider: {{type: prometheus, address: \"{address}\", secretRef: {{name: prom-auth}}}}, query: \"sum(up)\"}}"
+        ))
+        .unwrap();
+        ctx.stores.metric_templates = store_of(vec![template]);
+        ctx.stores.secrets = store_of(vec![secret("prom-auth", &[("token", "t")])]);
+        let canary: Canary = serde_yaml::from_str(
+            "metadata: {name: c, namespace: shop}\nspec: {targetRef: {kind: Deployment, name: app}, service: {port: 80}, analysis: {stepWeight: 10, metrics: [{name: errors, templateRef: {name: errors}, thresholdRange: {max: 1}, interval: 1m}]}}",
+        )
+        .unwrap();
+        let spec = ReleaseSpec::from_spec(&canary.spec).unwrap();
+        let router = ctx.routers.for_kind(RouterKind::Istio);
+        for _ in 0..2 {
+            let outcomes = ctx
+                .analysis
+                .evaluate(&canary, &spec, router, &ctx.stores)
+                .await;
+            match &outcomes[0].value {
+                Err(MetricError::Failed(why)) => assert!(why.contains("offline"), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(ctx.analysis.configured.lock().len(), 1);
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+
+        // Without its Secret the check says which one is missing, still without a request.
+        ctx.stores.secrets = store_of(vec![]);
+        let outcomes = ctx
+            .analysis
+            .evaluate(&canary, &spec, router, &ctx.stores)
+            .await;
+        match &outcomes[0].value {
+            Err(MetricError::Failed(why)) => {
+                assert!(why.contains("Secret shop/prom-auth not found"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(seen.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn built_in_metrics_come_from_prometheus_else_from_a_scrapeable_router() {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::Client;
@@ -12,7 +12,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::RwLock;
 
 use super::metrics::Metrics;
-use crate::api::{Canary, RouterKind};
+use crate::api::{AlertProvider, Canary, MetricTemplate, RouterKind};
 use crate::router::{TrafficRouter, Watched};
 
 /// Settings of the controller process.
@@ -39,6 +39,13 @@ pub struct Stores {
     pub autoscalers: Store<HorizontalPodAutoscaler>,
     pub config_maps: Store<ConfigMap>,
     pub secrets: Store<Secret>,
+    /// Read on every check that names one, with their Secrets from `secrets`.
+    pub metric_templates: Store<MetricTemplate>,
+    /// Read on every alert, with their Secrets from `secrets`.
+    pub alert_providers: Store<AlertProvider>,
+    /// The routers' pods the built-in scrape reads, per label selector
+    /// (`Routers::metrics_pod_selectors`).
+    pub metrics_pods: Vec<(&'static str, Store<Pod>)>,
     /// The objects the routers wrote, one cache per watched kind and selector (of the
     /// kinds the API server serves).
     pub routed: Vec<(Watched, Store<DynamicObject>)>,
@@ -47,6 +54,17 @@ pub struct Stores {
 }
 
 impl Stores {
+    /// The cached pods in `namespace` that match `selector`, one of the routers'
+    /// `metrics_pod_selector`s.
+    pub fn metrics_pods_in(&self, selector: &str, namespace: &str) -> Vec<Arc<Pod>> {
+        self.metrics_pods
+            .iter()
+            .filter(|(s, _)| *s == selector)
+            .flat_map(|(_, store)| store.state())
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+            .collect()
+    }
+
     /// The cached copy of a router's object of the same kind, namespace and name as
     /// `object`.
     pub fn routed_copy(&self, object: &DynamicObject) -> Option<Arc<DynamicObject>> {

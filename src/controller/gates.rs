@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::ResourceExt;
 
 use super::context::Context;
-use crate::api::{AlertProvider, Canary, WebhookType};
+use crate::api::{Canary, WebhookType};
 use crate::hooks::{self, Payload};
 use crate::notify::{self, Alert};
 use crate::rollout::{Event, EventType, GateResult, Plan};
@@ -103,12 +103,13 @@ async fn send_alerts(
         }
         let provider_ns = alert.provider_ref.namespace.clone().unwrap_or(ns.clone());
         let result = async {
-            let provider = Api::<AlertProvider>::namespaced(ctx.client.clone(), &provider_ns)
-                .get(&alert.provider_ref.name)
-                .await
-                .map_err(|e| {
+            let provider = ctx
+                .stores
+                .alert_providers
+                .get(&ObjectRef::new(&alert.provider_ref.name).within(&provider_ns))
+                .ok_or_else(|| {
                     format!(
-                        "AlertProvider {provider_ns}/{}: {e}",
+                        "AlertProvider {provider_ns}/{} not found",
                         alert.provider_ref.name
                     )
                 })?;
@@ -116,12 +117,15 @@ async fn send_alerts(
             let address = match (&spec.address, &spec.secret_ref) {
                 (Some(address), _) if !address.is_empty() => address.clone(),
                 (_, Some(secret_ref)) => {
-                    let secret = Api::<Secret>::namespaced(ctx.client.clone(), &provider_ns)
-                        .get(&secret_ref.name)
-                        .await
-                        .map_err(|e| format!("Secret {provider_ns}/{}: {e}", secret_ref.name))?;
-                    notify::address_from_secret(&secret.data.unwrap_or_default())
-                        .map_err(|e| e.to_string())?
+                    let secret = ctx
+                        .stores
+                        .secrets
+                        .get(&ObjectRef::new(&secret_ref.name).within(&provider_ns))
+                        .ok_or_else(|| {
+                            format!("Secret {provider_ns}/{} not found", secret_ref.name)
+                        })?;
+                    let data = secret.data.clone().unwrap_or_default();
+                    notify::address_from_secret(&data).map_err(|e| e.to_string())?
                 }
                 _ => {
                     return Err(format!(

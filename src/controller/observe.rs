@@ -73,7 +73,9 @@ pub async fn observe(canary: &Canary, ctx: &Context) -> Observation {
         tracked_configs,
     };
     if canary.phase() == Some(crate::api::Phase::Progressing) {
-        ctx.analysis.sample(canary, ctx.router(canary)).await;
+        ctx.analysis
+            .sample(canary, ctx.router(canary), &ctx.stores)
+            .await;
     }
     Observation {
         observed,

@@ -80,7 +80,11 @@ async fn decide_gathering(
                     Err(_) => return plan,
                 };
                 let router = ctx.router(canary);
-                observed.metrics = Some(ctx.analysis.evaluate(canary, &spec, router).await);
+                observed.metrics = Some(
+                    ctx.analysis
+                        .evaluate(canary, &spec, router, &ctx.stores)
+                        .await,
+                );
             }
             Some(Need::Hooks(kind)) if !observed.gates.contains_key(&kind) => {
                 let result = gates::call(ctx, canary, kind, &observed.revision).await;

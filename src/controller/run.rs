@@ -13,7 +13,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use kube::api::DynamicObject;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{self, ObjectRef};
@@ -26,7 +26,7 @@ use super::context::{Config, Context, State, Stores};
 use super::leader::LeaderElector;
 use super::reconcile::{error_policy, reconcile};
 use super::{discovery, janitor};
-use crate::api::Canary;
+use crate::api::{AlertProvider, Canary, MetricTemplate};
 use crate::router::{Kind, Watched};
 use crate::workloads::configs;
 
@@ -237,6 +237,22 @@ async fn run_watches(
     if options.config.gamma_by_mesh {
         routers.gateway_api.service_parents = None;
     }
+    // Read by checks and alerts, never reconciled on: these watches only fill caches.
+    let (metric_templates, template_stream) = cached::<MetricTemplate>(&client, &wc);
+    let (alert_providers, provider_stream) = cached::<AlertProvider>(&client, &wc);
+    let (metrics_pods, pod_streams): (Vec<_>, Vec<_>) = routers
+        .metrics_pod_selectors()
+        .into_iter()
+        .map(|selector| {
+            let (store, stream) = cached::<Pod>(&client, &wc.clone().labels(selector));
+            ((selector, store), stream.map(|_| ()).boxed())
+        })
+        .unzip();
+    let caches_only = futures::stream::select_all(pod_streams.into_iter().chain([
+        template_stream.map(|_| ()).boxed(),
+        provider_stream.map(|_| ()).boxed(),
+    ]))
+    .for_each(|()| async {});
     let watched = routers.watched();
     let mut kinds: Vec<Kind> = watched.iter().map(|w| w.kind).collect();
     kinds.dedup();
@@ -265,6 +281,9 @@ async fn run_watches(
             autoscalers,
             config_maps,
             secrets,
+            metric_templates,
+            alert_providers,
+            metrics_pods,
             routed,
             served,
         },
@@ -272,7 +291,7 @@ async fn run_watches(
         metrics: state.metrics.clone(),
         diagnostics: state.diagnostics.clone(),
         config: options.config.clone(),
-        analysis: Analysis::new(client.clone(), options.config.metrics_server.clone())?,
+        analysis: Analysis::new(options.config.metrics_server.clone())?,
         written: Default::default(),
         routers,
         http: reqwest::Client::builder()
@@ -351,15 +370,21 @@ async fn run_watches(
     let diagnostics = state.diagnostics.clone();
     let total = state.metrics.total.clone();
     let store_for_ready = canary_store.clone();
-    let config_maps_ready = ctx.stores.config_maps.clone();
-    let secrets_ready = ctx.stores.secrets.clone();
+    let stores_ready = ctx.stores.clone();
     let synced = async move {
         // Revisions hash the configs too: deciding before they are cached would see a
-        // different revision and start a release that nobody asked for.
-        let ready = store_for_ready.wait_until_ready().await.is_ok()
+        // different revision and start a release that nobody asked for; a check
+        // before the templates are cached would find none.
+        let s = &stores_ready;
+        let mut ready = store_for_ready.wait_until_ready().await.is_ok()
             && deployments.wait_until_ready().await.is_ok()
-            && config_maps_ready.wait_until_ready().await.is_ok()
-            && secrets_ready.wait_until_ready().await.is_ok();
+            && s.config_maps.wait_until_ready().await.is_ok()
+            && s.secrets.wait_until_ready().await.is_ok()
+            && s.metric_templates.wait_until_ready().await.is_ok()
+            && s.alert_providers.wait_until_ready().await.is_ok();
+        for (_, pods) in &s.metrics_pods {
+            ready = ready && pods.wait_until_ready().await.is_ok();
+        }
         if ready {
             diagnostics.write().await.caches_synced = true;
             tracing::info!("caches synced");
@@ -401,6 +426,7 @@ async fn run_watches(
     };
     tokio::select! {
         _ = async { tokio::join!(run, synced) } => Ok(Stopped::Done),
+        _ = caches_only => Ok(Stopped::Done),
         _ = counting => Ok(Stopped::Done),
         _ = janitor => Ok(Stopped::Done),
         _ = newly_served => Ok(Stopped::KindsServed),

@@ -159,6 +159,10 @@ impl TrafficRouter for GatewayApiRouter {
         self.router_for(canary)?.metrics_pods(canary)
     }
 
+    fn metrics_pod_selector(&self) -> Option<&'static str> {
+        self.service_parents.as_ref()?.metrics_pod_selector()
+    }
+
     fn shared_objects(&self) -> Option<SharedObjects> {
         self.service_parents.as_ref()?.shared_objects()
     }

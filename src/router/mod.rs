@@ -250,6 +250,12 @@ pub trait TrafficRouter: Send + Sync {
         None
     }
 
+    /// The label selector of every pod `metrics_pods` can name, for any Canary: the
+    /// controller watches those pods instead of listing them on every check.
+    fn metrics_pod_selector(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Objects shared by the namespace's Canaries of this router.
     fn shared_objects(&self) -> Option<SharedObjects> {
         None
@@ -325,6 +331,18 @@ impl Routers {
 
     /// Every kind any router writes, once, each with the selectors of the routers that
     /// watch it (a kind two routers write is cached once with each selector).
+    /// The selectors of the pods the built-in scrape reads, each once.
+    pub fn metrics_pod_selectors(&self) -> Vec<&'static str> {
+        let mut all: Vec<&'static str> = self
+            .all()
+            .iter()
+            .filter_map(|r| r.metrics_pod_selector())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
     pub fn watched(&self) -> Vec<Watched> {
         let mut all: Vec<Watched> = self.all().iter().flat_map(|r| r.watched()).collect();
         all.sort_by(|a, b| (a.kind, a.selector).cmp(&(b.kind, b.selector)));
@@ -494,6 +512,40 @@ spec:
             }
             assert!(objects.iter().any(|o| router.route_kind().is_kind_of(o)));
         }
+    }
+
+    #[test]
+    fn every_pod_a_router_names_for_metrics_is_watched() {
+        // The controller reads the scraped pods from a watch per selector: a router that
+        // named pods outside its `metrics_pod_selector` would be scraped from nowhere.
+        let canary = |refs: &str| -> Canary {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: c, namespace: shop}}\nspec: {{targetRef: {{kind: Deployment, name: app}}, service: {{port: 80{refs}}}, analysis: {{stepWeight: 10}}}}"
+            ))
+            .unwrap()
+        };
+        let canaries = [
+            canary(""),
+            canary(", gatewayRefs: [{kind: Service, name: app}]"),
+            canary(", gatewayRefs: [{name: public, namespace: edge}]"),
+        ];
+        let mut without_gamma = Routers::new("img".into(), 1);
+        without_gamma.gateway_api.service_parents = None;
+        for routers in [Routers::new("img".into(), 1), without_gamma] {
+            let selectors = routers.metrics_pod_selectors();
+            for router in routers.all() {
+                for c in &canaries {
+                    if let Some(pods) = router.metrics_pods(c) {
+                        assert_eq!(router.metrics_pod_selector(), Some(pods.selector));
+                        assert!(selectors.contains(&pods.selector), "{:?}", router.kind());
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            Routers::new("img".into(), 1).metrics_pod_selectors(),
+            [sluice::ROUTER_SELECTOR]
+        );
     }
 
     #[test]

@@ -142,6 +142,10 @@ impl TrafficRouter for SluiceRouter {
         })
     }
 
+    fn metrics_pod_selector(&self) -> Option<&'static str> {
+        Some(ROUTER_SELECTOR)
+    }
+
     fn shared_objects(&self) -> Option<SharedObjects> {
         Some(SharedObjects {
             name: ROUTER_NAME,
