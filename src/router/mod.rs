@@ -470,22 +470,37 @@ mod tests {
         }
     }
 
+    /// Whether an equality-based label selector (`k=v,k2=v2`) selects `labels`.
+    fn selects(selector: &str, labels: &BTreeMap<String, String>) -> bool {
+        selector.split(',').all(|term| {
+            let (k, v) = term.split_once('=').expect("k=v");
+            labels.get(k).map(String::as_str) == Some(v)
+        })
+    }
+
     #[test]
     fn every_object_a_router_renders_is_of_a_kind_it_watches() {
         // The controller writes only watched kinds (it could not see the others edited
         // or deleted), so each router must list every kind it renders.
-        let canary: Canary = serde_yaml::from_str(
-            r#"
+        // A Gateway parent, and a Service parent (sluice-router serves it).
+        for parent in ["{name: public}", "{kind: Service, name: web}"] {
+            let canary: Canary = serde_yaml::from_str(&format!(
+                r#"
 apiVersion: sluice.dev/v1beta1
 kind: Canary
-metadata: {name: web, namespace: shop, uid: u1}
+metadata: {{name: web, namespace: shop, uid: u1}}
 spec:
-  targetRef: {kind: Deployment, name: web}
-  service: {port: 80, gatewayRefs: [{name: public}]}
-  analysis: {stepWeight: 10, sessionAffinity: {cookieName: web-canary}}
-"#,
-        )
-        .unwrap();
+  targetRef: {{kind: Deployment, name: web}}
+  service: {{port: 80, gatewayRefs: [{parent}]}}
+  analysis: {{stepWeight: 10, sessionAffinity: {{cookieName: web-canary}}}}
+"#
+            ))
+            .unwrap();
+            renders_only_watched_objects(&canary);
+        }
+    }
+
+    fn renders_only_watched_objects(canary: &Canary) {
         let routers = Routers::new("img".into(), 1);
         let mirrored = Routes {
             mirror: Some(50),
@@ -496,19 +511,38 @@ spec:
             ..Routes::canary(20)
         };
         for router in routers.all() {
-            let mut objects = router.static_objects(&canary).unwrap();
+            let mut objects = router.static_objects(canary).unwrap();
             for routes in [Routes::canary(20), mirrored.clone(), sticky.clone()] {
-                objects.extend(router.route_objects(&canary, routes).unwrap());
+                objects.extend(router.route_objects(canary, routes).unwrap());
             }
             assert!(!objects.is_empty(), "{:?}", router.kind());
             let watched = router.watched();
             for o in &objects {
+                // Of a watched kind and inside its selector: an object the cache never
+                // holds would be written again on every reconcile.
+                let labels = o.metadata.labels.clone().unwrap_or_default();
                 assert!(
-                    watched.iter().any(|w| w.kind.is_kind_of(o)),
-                    "{:?} renders {:?} without watching it",
+                    watched
+                        .iter()
+                        .any(|w| w.kind.is_kind_of(o) && selects(w.selector, &labels)),
+                    "{:?} renders {:?} {:?} ({labels:?}) without watching it",
                     router.kind(),
-                    o.types
+                    o.types,
+                    o.metadata.name
                 );
+            }
+            // The pods the built-in scrape reads are inside the pod watch's selector.
+            if let Some(pods) = router.metrics_pods(canary) {
+                let selector = pods.selector;
+                let deployment = objects
+                    .iter()
+                    .find(|o| Kind::DEPLOYMENT.is_kind_of(o))
+                    .expect("a router with pods deploys them");
+                let pod_labels: BTreeMap<String, String> = serde_json::from_value(
+                    deployment.data["spec"]["template"]["metadata"]["labels"].clone(),
+                )
+                .unwrap();
+                assert!(selects(selector, &pod_labels), "{pod_labels:?}");
             }
             assert!(objects.iter().any(|o| router.route_kind().is_kind_of(o)));
         }
