@@ -90,15 +90,16 @@ impl RetryConditions {
                 "retriable-4xx" => c.retriable_4xx = true,
                 "refused-stream" => c.refused_stream = true,
                 "retriable-status-codes" => c.retriable_status_codes = true,
-                other if NOT_ENFORCED.contains(&other) => {
-                    if let Some(name) = NOT_ENFORCED.into_iter().find(|n| *n == other) {
+                other => match (
+                    NOT_ENFORCED.into_iter().find(|n| *n == other),
+                    other.parse::<u16>(),
+                ) {
+                    (Some(name), _) => {
                         if !c.not_enforced.contains(&name) {
                             c.not_enforced.push(name);
                         }
                     }
-                }
-                code => match code.parse::<u16>() {
-                    Ok(code) if (100..600).contains(&code) => {
+                    (None, Ok(code)) if (100..600).contains(&code) => {
                         c.retriable_status_codes = true;
                         if !c.codes.contains(&code) {
                             c.codes.push(code);
