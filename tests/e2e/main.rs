@@ -575,7 +575,13 @@ spec:
     )
 }
 
-fn sluice_canary_yaml(ns: &str, interval: &str, threshold: u32, metrics_server: &str) -> String {
+fn sluice_canary_yaml(
+    ns: &str,
+    interval: &str,
+    threshold: u32,
+    metrics_server: &str,
+    extra_metric: &str,
+) -> String {
     format!(
         r#"
 apiVersion: sluice.dev/v1beta1
@@ -595,8 +601,30 @@ spec:
     metrics:
     - {{name: request-success-rate, thresholdRange: {{min: 99}}, interval: 30s}}
     - {{name: request-duration, thresholdRange: {{max: 500}}, interval: 30s}}
-"#
+{extra_metric}"#
     )
+}
+
+/// A MetricTemplate with credentials (the local Prometheus ignores them) and the metric
+/// that uses it: the controller reads both from its caches and keeps one client for it.
+fn request_rate_template(ns: &str, prometheus: &str) -> (String, &'static str) {
+    let objects = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: prom-auth, namespace: {ns}}}
+stringData: {{token: not-checked-here}}
+---
+apiVersion: sluice.dev/v1beta1
+kind: MetricTemplate
+metadata: {{name: request-rate, namespace: {ns}}}
+spec:
+  provider: {{type: prometheus, address: "{prometheus}", secretRef: {{name: prom-auth}}}}
+  query: 'sum(rate(istio_requests_total{{destination_workload_namespace="{{{{ namespace }}}}",destination_workload="{{{{ target }}}}"}}[{{{{ interval }}}}])) or vector(0)'
+"#
+    );
+    let metric = "    - {name: request-rate, templateRef: {name: request-rate}, thresholdRange: {min: 0}, interval: 30s}\n";
+    (objects, metric)
 }
 
 fn router_address(ns: &str) -> String {
@@ -673,19 +701,46 @@ fn release_v2_under_load(ns: &str) -> Load {
 /// A release through sluice-proxy with live traffic: the measured share of v2 follows
 /// each step, metrics come from `metrics_server` (empty: the built-in scrape of the
 /// router), and a v3 answering half its requests with 500 is rolled back on them.
-fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metrics_server: &str) {
+fn release_through_the_router(
+    prefix: &str,
+    interval: &str,
+    threshold: u32,
+    metrics_server: &str,
+    template: bool,
+) {
     install_controller();
     let ns = TestNamespace::create(prefix);
     let ns = ns.0.as_str();
     apply_yaml(ns, &demo_app_yaml(ns, "v1", ""));
+    let (template_objects, extra_metric) = match template {
+        true => request_rate_template(ns, metrics_server),
+        false => (String::new(), ""),
+    };
+    if template {
+        apply_yaml(ns, &template_objects);
+    }
     apply_yaml(
         ns,
-        &sluice_canary_yaml(ns, interval, threshold, metrics_server),
+        &sluice_canary_yaml(ns, interval, threshold, metrics_server, extra_metric),
     );
     wait_for(ns, "canary Initialized", Duration::from_secs(120), || {
         (status_line(ns)?.0 == "Initialized").then_some(())
     });
     let load = release_v2_under_load(ns);
+    if template {
+        let passed = jsonpath(
+            ns,
+            "canary/catalog-release",
+            "{.status.lastAnalysis[?(@.name==\"request-rate\")].passed}",
+        );
+        if passed.as_deref().map(str::trim) != Some("true") {
+            let status = jsonpath(ns, "canary/catalog-release", "{.status.lastAnalysis}");
+            fail(
+                ns,
+                &format!("the MetricTemplate check did not pass: {status:?}"),
+            );
+        }
+    }
 
     // v3 fails half its requests: rolled back at the threshold, primary stays v2.
     must(
@@ -741,7 +796,7 @@ fn release_through_the_router(prefix: &str, interval: &str, threshold: u32, metr
 #[test]
 #[ignore = "needs the local cluster: run through hack/e2e.sh"]
 fn router_release_with_builtin_scrape_metrics() {
-    release_through_the_router("e2e-scrape", "4s", 2, "");
+    release_through_the_router("e2e-scrape", "4s", 2, "", false);
 }
 
 #[test]
@@ -749,7 +804,7 @@ fn router_release_with_builtin_scrape_metrics() {
 fn router_release_with_prometheus_metrics() {
     let prometheus = std::env::var("SLUICE_PROMETHEUS_POD_URL")
         .unwrap_or_else(|_| "http://10.244.0.1:19090".into());
-    release_through_the_router("e2e-prom", "8s", 3, &prometheus);
+    release_through_the_router("e2e-prom", "8s", 3, &prometheus, true);
 }
 
 fn routing_app_yaml(ns: &str) -> String {
