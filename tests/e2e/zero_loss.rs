@@ -323,21 +323,65 @@ fn no_request_fails_across_adoption_releases_router_disruptions_and_a_controller
         &["-n", ns, "set", "env", "deploy/catalog", "VERSION=v3"],
     );
     wait_weight(ns, 20);
-    must(
+    // Down for longer than the interval (6 s), so the new controller's first reconcile
+    // is due a check while its scrape holds one sample, as after a leader's lease ran
+    // out: it waits for a window instead of counting that check as failed.
+    let scale = |replicas: &str| {
+        must(
+            ns,
+            &[
+                "-n",
+                CONTROLLER_NS,
+                "scale",
+                "deploy/sluice-controller",
+                &format!("--replicas={replicas}"),
+            ],
+        );
+    };
+    scale("0");
+    wait_for(
+        ns,
+        "the controller stopped",
+        Duration::from_secs(60),
+        || {
+            let pods = must(
+                ns,
+                &[
+                    "-n",
+                    CONTROLLER_NS,
+                    "get",
+                    "pods",
+                    "-l",
+                    "app.kubernetes.io/name=sluice",
+                    "-o",
+                    "name",
+                ],
+            );
+            pods.trim().is_empty().then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    scale("1");
+    wait_phase(ns, "Succeeded", Duration::from_secs(240));
+    let events = must(
         ns,
         &[
             "-n",
-            CONTROLLER_NS,
-            "delete",
-            "pod",
-            "-l",
-            "app.kubernetes.io/name=sluice",
-            "--wait=false",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Canary",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
         ],
     );
-    wait_phase(ns, "Succeeded", Duration::from_secs(240));
-    // The new controller's scrape starts with no history: it waits for a window
-    // instead of counting a check on one sample as failed.
+    if !events.contains(&format!("Waiting for catalog-release.{ns}'s metrics")) {
+        fail(
+            ns,
+            &format!("the new controller judged a check on one sample:\n{events}"),
+        );
+    }
     let failed_checks = must(
         ns,
         &[
