@@ -353,19 +353,7 @@ fn release_promotes_step_by_step_then_a_broken_version_rolls_back() {
     );
     assert_eq!(vs_canary_weight(ns), Some(0));
 
-    let events = must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=Canary",
-            "-o",
-            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-        ],
-    );
+    let events = events_of(ns);
     for expected in [
         &format!("New revision detected! Scaling up catalog.{ns}"),
         &format!("Starting canary analysis for catalog.{ns}"),
@@ -772,19 +760,7 @@ fn release_through_the_router(
     let failed =
         jsonpath(ns, "canary/catalog-release", "{.status.failedChecks}").unwrap_or_default();
     assert_eq!(failed.trim(), threshold.to_string());
-    let events = must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=Canary",
-            "-o",
-            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-        ],
-    );
+    let events = events_of(ns);
     if !events.contains(&format!(
         "Halt catalog.{ns} advancement request-success-rate"
     )) {
@@ -1006,6 +982,26 @@ fn lease_holder() -> Option<String> {
     .filter(|h| !h.is_empty())
 }
 
+/// The names of the controller's pods.
+fn controller_pods() -> Vec<String> {
+    must(
+        CONTROLLER_NS,
+        &[
+            "-n",
+            CONTROLLER_NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=sluice",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    )
+    .split_whitespace()
+    .map(String::from)
+    .collect()
+}
+
 /// Two replicas: one leads; when it dies without giving up the lease, the other takes
 /// over once the lease expires (6 s in these tests) and releases keep moving.
 #[test]
@@ -1039,22 +1035,10 @@ fn a_standby_replica_takes_over_when_the_leader_dies() {
         Duration::from_secs(30),
         lease_holder,
     );
-    let pods = must(
-        CONTROLLER_NS,
-        &[
-            "-n",
-            CONTROLLER_NS,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=sluice",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ],
-    );
+    let pods = controller_pods();
     assert!(
-        pods.split_whitespace().any(|p| p == leader),
-        "leader {leader} is not one of {pods}"
+        pods.contains(&leader),
+        "leader {leader} is not one of {pods:?}"
     );
 
     let ns = TestNamespace::create("e2e-leader");

@@ -345,22 +345,6 @@ spec:
     )
 }
 
-fn events_of(ns: &str) -> String {
-    must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=Canary",
-            "-o",
-            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-        ],
-    )
-}
-
 /// Blue/Green with mirroring: the canary gets copies (Host `catalog-shadow`) while users
 /// stay on v1, the run waits for promotion approval, then all traffic switches; the next
 /// release is rolled back by a rollback webhook.

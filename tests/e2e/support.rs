@@ -96,6 +96,23 @@ pub fn jsonpath(ns: &str, resource: &str, path: &str) -> Option<String> {
 }
 
 /// Prints the objects, events and logs that explain a failure, then panics.
+/// The messages of the events on the namespace's Canaries, one per line.
+pub fn events_of(ns: &str) -> String {
+    must(
+        ns,
+        &[
+            "-n",
+            ns,
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Canary",
+            "-o",
+            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+        ],
+    )
+}
+
 pub fn fail(ns: &str, message: &str) -> ! {
     eprintln!("\n===== e2e failure in namespace {ns}: {message}");
     for args in [

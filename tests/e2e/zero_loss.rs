@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use super::support::*;
-use super::{install_controller, status_line, CONTROLLER_NS};
+use super::{controller_pods, install_controller, status_line, CONTROLLER_NS};
 
 const RPS: u32 = 250;
 
@@ -343,39 +343,12 @@ fn no_request_fails_across_adoption_releases_router_disruptions_and_a_controller
         ns,
         "the controller stopped",
         Duration::from_secs(60),
-        || {
-            let pods = must(
-                ns,
-                &[
-                    "-n",
-                    CONTROLLER_NS,
-                    "get",
-                    "pods",
-                    "-l",
-                    "app.kubernetes.io/name=sluice",
-                    "-o",
-                    "name",
-                ],
-            );
-            pods.trim().is_empty().then_some(())
-        },
+        || controller_pods().is_empty().then_some(()),
     );
     std::thread::sleep(Duration::from_secs(8));
     scale("1");
     wait_phase(ns, "Succeeded", Duration::from_secs(240));
-    let events = must(
-        ns,
-        &[
-            "-n",
-            ns,
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=Canary",
-            "-o",
-            "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-        ],
-    );
+    let events = events_of(ns);
     if !events.contains(&format!("Waiting for catalog-release.{ns}'s metrics")) {
         fail(
             ns,
