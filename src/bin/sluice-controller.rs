@@ -27,6 +27,10 @@ struct Args {
     /// deploy sluice-router for them.
     #[arg(long, env = "SLUICE_GAMMA_BY_MESH")]
     gamma_by_mesh: bool,
+    /// Canaries reconciled at once, 0 for no bound (one Canary is never reconciled twice
+    /// at once).
+    #[arg(long, env = "SLUICE_RECONCILE_CONCURRENCY", default_value_t = 0)]
+    reconcile_concurrency: u16,
     /// Address for /metrics, /healthz and /readyz.
     #[arg(long, env = "SLUICE_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -93,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
             lease_name: args.lease_name,
             identity,
             lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+            reconcile_concurrency: args.reconcile_concurrency,
         },
     )
     .await?;

@@ -57,6 +57,8 @@ pub struct Options {
     pub lease_name: String,
     pub identity: String,
     pub lease_duration: Duration,
+    /// Canaries reconciled at once; 0: no bound.
+    pub reconcile_concurrency: u16,
 }
 
 /// Serves HTTP and runs the controller whenever this process is leader, until a signal.
@@ -299,8 +301,15 @@ async fn run_watches(
             .build()?,
     });
 
-    let controller = Controller::new(canaries, wc.clone());
-    let canary_store = controller.store();
+    let (canary_store, canary_writer) = reflector::store::<Canary>();
+    let canary_stream = watcher(canaries, wc.clone())
+        .default_backoff()
+        .modify(trim)
+        .reflect(canary_writer)
+        .touched_objects();
+    let controller = Controller::for_stream(canary_stream, canary_store.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(options.reconcile_concurrency),
+    );
     // A Deployment triggers the Canaries that target it or own it (the primary).
     let targets = canary_store.clone();
     let mut controller = controller
@@ -459,6 +468,7 @@ fn cached_routed(
     let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
     let stream = watcher(api, config.clone().labels(watched.selector))
         .default_backoff()
+        .modify(trim)
         .reflect(writer)
         .touched_objects();
     (store, stream)
@@ -485,10 +495,27 @@ where
     let (store, writer) = reflector::store::<K>();
     let stream = watcher(Api::<K>::all(client.clone()), config.clone())
         .default_backoff()
+        .modify(trim)
         .reflect(writer)
         .touched_objects();
     (store, stream)
 }
+
+/// Drops from a cached object what the controller never reads: its managedFields (for
+/// most objects larger than the rest of their metadata, and parsed into a JSON tree) and
+/// kubectl's last-applied copy of the whole object. Every cache holds objects trimmed so.
+fn trim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// Canaries whose target uses the named config.
 fn users_of(
@@ -576,4 +603,39 @@ async fn ready(AxumState(state): AxumState<State>) -> impl IntoResponse {
 async fn diagnostics(AxumState(state): AxumState<State>) -> impl IntoResponse {
     let d = state.diagnostics.read().await.clone();
     axum::Json(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_objects_keep_everything_but_managed_fields_and_the_last_applied_copy() {
+        let cases = [
+            (
+                serde_json::json!({"managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}],
+                    "annotations": {LAST_APPLIED: "{\"kind\":\"Deployment\"}", "team": "shop"}}),
+                serde_json::json!({"annotations": {"team": "shop"}}),
+            ),
+            // No annotation left: none at all, as if the object never had any.
+            (
+                serde_json::json!({"annotations": {LAST_APPLIED: "{}"}}),
+                serde_json::json!({}),
+            ),
+            (
+                serde_json::json!({"labels": {"app": "web"}}),
+                serde_json::json!({"labels": {"app": "web"}}),
+            ),
+        ];
+        for (meta, want) in cases {
+            let mut meta_with_name = meta.clone();
+            meta_with_name["name"] = "web".into();
+            let mut deployment: Deployment =
+                serde_json::from_value(serde_json::json!({"metadata": meta_with_name})).unwrap();
+            trim(&mut deployment);
+            let mut got = serde_json::to_value(&deployment.metadata).unwrap();
+            got.as_object_mut().unwrap().remove("name");
+            assert_eq!(got, want, "{meta}");
+        }
+    }
 }
