@@ -149,7 +149,7 @@ api_requests() {
 # Lines "verb resource count": what grew from the first file to the second.
 delta() { awk 'NR == FNR { a[$1 " " $2] = $3; next } { d = $3 - a[$1 " " $2]; if (d > 0) print $1, $2, d }' "$1" "$2" | sort; }
 # What the first delta has beyond the second.
-minus() { awk 'NR == FNR { b[$1 " " $2] = $3; next } { d = $3 - b[$1 " " $2]; if (d > 0) print $1, $2, d }' "$2" "$1" | sort -k3 -nr; }
+minus() { delta "$2" "$1" | sort -k3 -nr; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 phases() { kubectl get "canaries.$1" -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sort | uniq -c | tr '\n' ' '; }

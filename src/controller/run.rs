@@ -301,12 +301,7 @@ async fn run_watches(
             .build()?,
     });
 
-    let (canary_store, canary_writer) = reflector::store::<Canary>();
-    let canary_stream = watcher(canaries, wc.clone())
-        .default_backoff()
-        .modify(trim)
-        .reflect(canary_writer)
-        .touched_objects();
+    let (canary_store, canary_stream) = cached::<Canary>(&client, &wc);
     let controller = Controller::for_stream(canary_stream, canary_store.clone()).with_config(
         kube::runtime::controller::Config::default().concurrency(options.reconcile_concurrency),
     );
