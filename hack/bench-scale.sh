@@ -6,7 +6,10 @@
 # Env: N (Canary counts), CONTROLLERS ("sluice flagger"), ROUNDS (1), RELEASED (percent
 #   of the Canaries whose image is bumped, 20), STEADY (seconds of the steady window, 60),
 #   OUT (results directory), SLUICE_BASE (a second sluice-controller binary, e.g. a build
-#   of an earlier commit: measured as controller sluice-base when CONTROLLERS names it).
+#   of an earlier commit: measured as controller sluice-base when CONTROLLERS names it),
+#   HEAPTRACK=1 (runs sluice under heaptrack: a build with line tables and without LTO,
+#   killed with SIGKILL after its releases, so the profile's "leaked" memory is the heap
+#   live at that moment; $OUT/<run>.heap.txt is heaptrack_print's summary of it).
 # Each controller runs on the host (release build, admin kubeconfig, no leader
 # election), one at a time, against the same Deployments and Canaries (only the Canary's
 # apiVersion differs): provider istio, interval 10s, stepWeight 10, maxWeight 50, no
@@ -40,9 +43,18 @@ case " $CONTROLLERS " in *" flagger "*)
   FLAGGER_CRD=$(go env GOMODCACHE)/github.com/fluxcd/flagger@$FLAGGER_VERSION/artifacts/flagger/crd.yaml
   [ -f "$FLAGGER_CRD" ] || (cd /tmp && go mod download github.com/fluxcd/flagger@$FLAGGER_VERSION)
 esac
-log "building sluice-controller (release)"
-cargo build -q --release --locked --bin sluice-controller
-SLUICE=$ROOT/target/release/sluice-controller
+HEAPTRACK=${HEAPTRACK:-}
+if [ -n "$HEAPTRACK" ]; then
+  command -v heaptrack >/dev/null || apt_install heaptrack
+  log "building sluice-controller (release, line tables, no LTO: for heaptrack)"
+  CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+    cargo build -q --release --locked --bin sluice-controller --target-dir "$ROOT/target/heaptrack"
+  SLUICE=$ROOT/target/heaptrack/release/sluice-controller
+else
+  log "building sluice-controller (release)"
+  cargo build -q --release --locked --bin sluice-controller
+  SLUICE=$ROOT/target/release/sluice-controller
+fi
 
 ./hack/cluster.sh up >&2
 eval "$(./hack/cluster.sh env)"
@@ -155,9 +167,15 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 phases() { kubectl get "canaries.$1" -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | sort | uniq -c | tr '\n' ' '; }
 count_phase() { kubectl get "canaries.$1" -A -o jsonpath='{range .items[*]}{.status.phase}{"\n"}{end}' | grep -cx "$2" || true; }
 
-start_controller() { # name -> pid
+start_controller() { # name tag -> pid
   case $1 in
-    sluice) SLUICE_LOG=warn "$SLUICE" --listen 127.0.0.1:$SLUICE_PORT >"$OUT/$1.log" 2>&1 & ;;
+    sluice) if [ -n "$HEAPTRACK" ]; then
+        SLUICE_LOG=warn heaptrack -o "$OUT/$2.heaptrack" "$SLUICE" --listen 127.0.0.1:$SLUICE_PORT >"$OUT/$1.log" 2>&1 &
+        # The controller is heaptrack's child: its pid is the one measured and stopped.
+        for _ in $(seq 100); do pgrep -n -f "^$SLUICE --listen" && return; sleep 0.1; done
+        die "sluice-controller did not start under heaptrack: $(tail -5 "$OUT/$1.log")"
+      fi
+      SLUICE_LOG=warn "$SLUICE" --listen 127.0.0.1:$SLUICE_PORT >"$OUT/$1.log" 2>&1 & ;;
     sluice-base) SLUICE_LOG=warn "${SLUICE_BASE:?}" --listen 127.0.0.1:$SLUICE_PORT >"$OUT/$1.log" 2>&1 & ;;
     flagger) KUBE_FEATURE_WatchListClient=false "$FLAGGER" -kubeconfig "$KUBECONFIG" -mesh-provider istio -metrics-server "$SLUICE_PROMETHEUS_URL" \
         -log-level error -port $FLAGGER_PORT >"$OUT/$1.log" 2>&1 & ;;
@@ -176,7 +194,7 @@ run_one() { # controller n round
   # The apiserver's own traffic (kwok, controller-manager, scheduler) in a window
   # without any controller: subtracted from the controller's window below.
   api_requests >"$OUT/$tag.base0"; sleep "$STEADY"; api_requests >"$OUT/$tag.base1"
-  pid=$(start_controller "$c"); PIDS+=("$pid"); t0=$SECONDS
+  pid=$(start_controller "$c" "$tag"); PIDS+=("$pid"); t0=$SECONDS
   until [ "$(count_phase "$group" Initialized)" -ge "$n" ]; do
     kill -0 "$pid" 2>/dev/null || die "[$tag] $c exited: $(tail -5 "$OUT/$c.log")"
     [ $((SECONDS - t0)) -lt 900 ] || die "[$tag] not all Initialized after 900 s: $(phases "$group")"
@@ -219,7 +237,16 @@ run_one() { # controller n round
     sleep 1
   done
   done_s=$((SECONDS - t0))
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [ -n "$HEAPTRACK" ] && [ "$c" = sluice ]; then
+    kill -KILL "$pid"
+    # heaptrack writes its file once the controller's pipe closes.
+    while pgrep -f "heaptrack_interpret" >/dev/null; do sleep 1; done
+    heaptrack_print -f "$OUT/$tag.heaptrack".*zst --print-leaks --peak-limit 20 --print-allocators 0 --print-temporary 0 \
+      >"$OUT/$tag.heap.txt" 2>&1 || true
+  else
+    kill "$pid"
+  fi
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
   pkill -P "$watch_pid" 2>/dev/null || true; kill "$watch_pid" 2>/dev/null || true
   local steps
   steps=$(python3 "$ROOT/hack/bench/steps.py" "$bump" <"$OUT/$tag.vs")
